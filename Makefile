@@ -1,0 +1,75 @@
+# Tora — every target sets up what it needs: `make train-stage1` and `make test`
+# work on a fresh clone with nothing installed by hand.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYSTEM ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+CKPT := checkpoints
+DATA := data/synthetic/.complete
+# Extra Hydra overrides for any training target, e.g. make train-stage1 ARGS="trainer.max_steps=50"
+ARGS ?=
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml requirements/constraints.txt
+	test -d $(VENV) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED) ## Create .venv and install the package with pinned dependencies
+
+$(DATA): $(INSTALLED) configs/synthetic.yaml
+	$(PY) -m tora.data.synthetic
+	touch $@
+
+data: $(DATA) ## Write the synthetic WebDataset shards (train + val) under data/synthetic
+
+$(CKPT)/video_vae.ckpt: $(DATA)
+	$(PY) -m tora.train experiment=video_vae export_checkpoint=$@ $(ARGS)
+
+$(CKPT)/base_t2v.ckpt: $(CKPT)/video_vae.ckpt
+	$(PY) -m tora.train experiment=base_t2v export_checkpoint=$@ $(ARGS)
+
+$(CKPT)/motion_vae.ckpt: $(CKPT)/video_vae.ckpt
+	$(PY) -m tora.train experiment=motion_vae export_checkpoint=$@ $(ARGS)
+
+train-video-vae: $(CKPT)/video_vae.ckpt ## Pretrain the video VAE (stand-in for OpenSora's VAE)
+train-base: $(CKPT)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
+train-motion-vae: $(CKPT)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
+
+train-stage1: $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
+	$(PY) -m tora.train experiment=stage1_flow export_checkpoint=$(CKPT)/stage1.ckpt $(ARGS)
+
+$(CKPT)/stage1.ckpt:
+	$(MAKE) train-stage1
+
+train-stage2: $(CKPT)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
+	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT)/stage2.ckpt $(ARGS)
+
+tensorboard: $(INSTALLED) ## Serve TensorBoard over logs/
+	$(VENV)/bin/tensorboard --logdir logs --bind_all
+
+test: $(INSTALLED) ## Run the test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(INSTALLED) ## Run every test, slow ones included
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED) ## Lint with ruff
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: $(INSTALLED) ## Format with ruff
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
+	rm -rf logs outputs checkpoints data .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 tensorboard test test-all lint format clean

@@ -1,0 +1,78 @@
+"""Training entry point: ``python -m tora.train experiment=<stage>`` (or ``tora-train``).
+
+Every stage (video VAE, base text-to-video, motion VAE, stage 1, stage 2) is the
+same script with a different ``experiment=`` config; scale is ``trainer=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and optionally validate) the configured LightningModule; return final metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("validate", False):
+        trainer.validate(model, datamodule=datamodule)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    export = cfg.get("export_checkpoint")
+    if export and not trainer.fast_dev_run:
+        export_checkpoint(trainer, Path(export))
+    log_run_summary(trainer, model, datamodule, metrics)
+    return metrics
+
+
+def export_checkpoint(trainer: L.Trainer, path: Path) -> None:
+    """Write the trained weights to ``path`` (the file later stages read).
+
+    A weights-only Lightning checkpoint (state dict + hyper-parameters, no
+    optimizer state); under DeepSpeed the sharded directory is written next to
+    it and must be converted with ``python -m tora.convert_checkpoint``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp, weights_only=True)
+    if trainer.is_global_zero:
+        if tmp.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        tmp.replace(path)
+        log.info("Exported weights to %s", path)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    if cfg.extras.get("print_config"):
+        print_config(cfg)
+    train(cfg)
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Loading weights of one sub-module out of a stage's checkpoint.
+
+Stages hand weights to each other through files: a Lightning ``.ckpt``
+(``state_dict`` inside), a converted ``.safetensors`` / ``.pt`` state dict, or
+the small Tora-modules file. Keys are matched by prefix, strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The flat state dict stored in ``path`` (.ckpt / .pt / .pth / .bin / .safetensors)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (train the prerequisite stage first, "
+            "e.g. `make train-stage1`, or point the config at an existing file)"
+        )
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(payload, dict):
+        for key in ("state_dict", "module", "model"):
+            if key in payload and isinstance(payload[key], dict):
+                return payload[key]
+        if all(torch.is_tensor(v) for v in payload.values()):
+            return payload
+    raise ValueError(f"checkpoint {path}: no state dict found (keys {list(payload)[:10]})")
+
+
+def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Entries under ``prefix`` with the prefix removed (``""`` keeps everything)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_submodule_weights(
+    module: nn.Module, path: str | Path, prefix: str, strict: bool = True
+) -> None:
+    """Load ``module`` from the entries of checkpoint ``path`` under ``prefix``.
+
+    Raises with the missing / unexpected keys named (first 20 of each).
+    """
+    weights = select_prefix(read_state_dict(path), prefix)
+    if not weights:
+        raise KeyError(f"checkpoint {path}: no entries under prefix {prefix!r}")
+    result = module.load_state_dict(weights, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise KeyError(
+            f"checkpoint {path} (prefix {prefix!r}) does not match {type(module).__name__}: "
+            f"missing {result.missing_keys[:20]} unexpected {result.unexpected_keys[:20]}"
+        )

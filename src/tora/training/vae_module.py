@@ -1,0 +1,135 @@
+"""LightningModule for the causal 3D VAE: the video VAE on RGB clips and the
+motion VAE on flow-RGB maps (initialised from the video VAE, as in the paper)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from tora.motion import MotionRGBConfig
+from tora.models.vae import CausalVAE3D
+from tora.training.checkpoints import load_submodule_weights
+from tora.training.logging import log_parameter_counts, log_video_grid
+from tora.training.motion_input import MotionSourceConfig, motion_condition
+from tora.training.optim import configure_optimizers
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("video", "motion")
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for tensors in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(reconstruction.clamp(-1, 1), target)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+class VAEModule(L.LightningModule):
+    """Trains :class:`CausalVAE3D` with an L1 reconstruction loss plus a KL term.
+
+    ``input``: ``video`` (RGB clips) or ``motion`` (flow-RGB built from the clip's
+    flow and tracks by :func:`motion_condition`, the exact condition the
+    diffusion stages feed the motion VAE).
+    """
+
+    def __init__(
+        self,
+        vae: DictConfig | dict,
+        optimizer: DictConfig | dict,
+        scheduler: DictConfig | dict | None = None,
+        input: str = "video",
+        init_checkpoint: str | None = None,
+        kl_weight: float = 1e-6,
+        motion_source: DictConfig | dict | None = None,
+        motion_rgb: DictConfig | dict | None = None,
+        latent_statistics_batches: int = 8,
+        log_videos_every_n_val: int = 1,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if input not in INPUTS:
+            raise ValueError(f"VAE input {input!r}: one of {INPUTS} expected")
+        self.save_hyperparameters()
+        self.vae = CausalVAE3D(**OmegaConf.to_container(OmegaConf.create(vae), resolve=True))
+        self.motion_source = MotionSourceConfig(**(motion_source or {}))
+        self.motion_rgb = MotionRGBConfig(**(motion_rgb or {}))
+        if init_checkpoint:
+            load_submodule_weights(self.vae, init_checkpoint, prefix="vae.")
+        if compile:
+            self.vae.compile()
+        self.configure_optimizers = partial(configure_optimizers, self, optimizer, scheduler)
+
+    def target(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The clip the VAE reconstructs, ``[B, 3, T, H, W]`` in [-1, 1]."""
+        if self.hparams.input == "video":
+            return batch["video"]
+        return motion_condition(batch, self.motion_source, self.motion_rgb)["motion_rgb"]
+
+    def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        target = self.target(batch)
+        reconstruction, posterior = self.vae(target)
+        reconstruction_loss = F.l1_loss(reconstruction, target)
+        kl = posterior.kl().mean()
+        return {
+            "loss": reconstruction_loss + self.hparams.kl_weight * kl,
+            "reconstruction": reconstruction_loss,
+            "kl": kl,
+            "psnr": psnr(reconstruction.detach(), target),
+            "target": target,
+            "output": reconstruction.detach(),
+        }
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model_step(batch)
+        for name in ("loss", "reconstruction", "kl", "psnr"):
+            self.log(f"train/{name}", out[name], prog_bar=name == "loss", batch_size=out["target"].shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with torch.no_grad():
+            target = self.target(batch)
+            posterior = self.vae.encode(target)
+            reconstruction = self.vae.decode(posterior.mode()).clamp(-1, 1)
+        frames = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  [B,C,T,H,W] -> [BT,C,H,W]
+        ssim = structural_similarity_index_measure(
+            (frames(reconstruction) + 1) / 2, (frames(target) + 1) / 2, data_range=1.0
+        )
+        batch_size = target.shape[0]
+        self.log("val/psnr", psnr(reconstruction, target), batch_size=batch_size, sync_dist=True)
+        self.log("val/ssim", ssim, batch_size=batch_size, sync_dist=True)
+        self.log("val/l1", F.l1_loss(reconstruction, target), batch_size=batch_size, sync_dist=True)
+        if batch_idx == 0:
+            log_video_grid(self, "val/reconstruction", [target[:2], reconstruction[:2]])
+
+    def on_fit_start(self) -> None:
+        log_parameter_counts(self)
+
+    def on_train_end(self) -> None:
+        """Fit the per-channel latent shift/scale the diffusion model will see."""
+        self.fit_latent_statistics()
+
+    @torch.no_grad()
+    def fit_latent_statistics(self) -> None:
+        if self.trainer is None or self.trainer.datamodule is None:
+            return
+        latents = []
+        loader = self.trainer.datamodule.train_dataloader()
+        for i, batch in enumerate(loader):
+            if i >= self.hparams.latent_statistics_batches:
+                break
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            latents.append(self.vae.encode(self.target(batch)).mode())
+        if not latents:
+            log.warning("no training batch to fit latent statistics; keeping shift 0, scale 1")
+            return
+        z = torch.cat(latents).transpose(0, 1).flatten(1)  # [C, everything]
+        mean, std = z.mean(dim=1), z.std(dim=1)
+        self.vae.set_latent_statistics(mean, std)
+        log.info("latent statistics: mean %s std %s", mean.tolist(), std.tolist())
