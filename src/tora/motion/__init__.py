@@ -1,1 +1,50 @@
+"""Motion representation: trajectory files, displacement maps, flow-RGB, track sampling, drawing."""
 
+from tora.motion.draw import draw_tracks, track_colors
+from tora.motion.flow_rgb import (
+    MotionRGBConfig,
+    flow_to_rgb,
+    middlebury_colorwheel,
+    motion_maps_to_rgb,
+)
+from tora.motion.maps import (
+    flow_to_displacement_map,
+    gaussian_smooth,
+    tracks_to_displacement_map,
+)
+from tora.motion.sampling import sample_tracks_from_flow
+from tora.motion.tracks import (
+    TORA_CANVAS,
+    TrackFormatError,
+    check_tracks_in_canvas,
+    load_tracks,
+    read_tora_point_file,
+    read_tracks_json,
+    read_tracks_npy,
+    resample_tracks,
+    rescale_tracks,
+    write_tracks_json,
+)
+
+__all__ = [
+    "TORA_CANVAS",
+    "MotionRGBConfig",
+    "TrackFormatError",
+    "check_tracks_in_canvas",
+    "draw_tracks",
+    "flow_to_displacement_map",
+    "flow_to_rgb",
+    "gaussian_smooth",
+    "load_tracks",
+    "middlebury_colorwheel",
+    "motion_maps_to_rgb",
+    "read_tora_point_file",
+    "read_tracks_json",
+    "read_tracks_npy",
+    "resample_tracks",
+    "rescale_tracks",
+    "sample_tracks_from_flow",
+    "track_colors",
+    "tracks_to_displacement_map",
+    "write_tracks_json",
+]

@@ -62,8 +62,7 @@ def read_tracks_json(path: PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
     if not isinstance(document, dict) or not {"canvas", "tracks"} <= document.keys():
         found = sorted(document) if isinstance(document, dict) else type(document).__name__
         raise TrackFormatError(
-            f"trajectory file {path}: object with keys 'canvas' and 'tracks' expected, "
-            f"got {found}"
+            f"trajectory file {path}: object with keys 'canvas' and 'tracks' expected, got {found}"
         )
     canvas = document["canvas"]
     if (
@@ -72,8 +71,7 @@ def read_tracks_json(path: PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in canvas)
     ):
         raise TrackFormatError(
-            f"trajectory file {path}: 'canvas' [W, H] of positive integers expected, "
-            f"got {canvas!r}"
+            f"trajectory file {path}: 'canvas' [W, H] of positive integers expected, got {canvas!r}"
         )
     raw_tracks = document["tracks"]
     if not isinstance(raw_tracks, list):

@@ -19,3 +19,13 @@ def configure_optimizers(
         return {"optimizer": opt}
     sched = hydra.utils.instantiate(scheduler)(optimizer=opt)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LinearWarmup:
+    """``lr_lambda`` for LambdaLR: linear warm-up over ``warmup_steps``, then 1 (picklable)."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / max(1, self.warmup_steps))

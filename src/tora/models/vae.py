@@ -1,0 +1,407 @@
+"""Causal 3D VAE for video and flow-RGB motion (MAGVIT-v2 style, arXiv 2310.05737).
+
+One class serves both the video VAE and Tora's motion VAE (Tora, arXiv
+2407.21705, section 3.2): 8x spatial and 4x temporal compression, causal in
+time. A clip of ``T = 4k + 1`` frames gives ``k + 1`` latent frames: frame 0 is
+encoded alone and every following group of 4 frames gives one latent frame, so
+latent frame ``j`` depends on input frames ``<= 4j`` only, and decoded frame
+``i`` on latent frames ``<= ceil(i / 4)`` only.
+
+Nothing mixes frames except the causal convs (GroupNorm statistics and
+attention are per frame), so ``encode`` / ``decode`` can run on temporal chunks,
+carrying each conv's last input frames in a ``TimeCache``, and give the same
+result as the whole clip at once.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tora.models.layers.causal_conv import CausalConv3d, TimeCache
+
+
+class DiagonalGaussian:
+    """Posterior ``N(mean, diag(exp(logvar)))`` over latents ``[B, Z, t, h, w]``.
+
+    Built from the encoder output ``[B, 2Z, t, h, w]`` (mean first, then logvar,
+    clamped to [-30, 20] as in the LDM autoencoder).
+    """
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(posterior || N(0, I)) per sample, ``[B]``.
+
+        Reduced by the MEAN over latent elements (Z, t, h, w), not the sum used
+        by LDM, so a KL weight does not depend on the clip size; multiply by
+        ``mean[0].numel()`` to get the summed KL.
+        """
+        kl = 0.5 * (self.mean.pow(2) + self.std.pow(2) - 1.0 - self.logvar)
+        return kl.flatten(1).mean(dim=1)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame of ``[B, C, T, H, W]``.
+
+    Statistics over T would let future frames change past latents, breaking
+    causality and chunked encoding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = rearrange(x, "b c t h w -> (b t) c h w")
+        return rearrange(super().forward(frames), "(b t) c h w -> b c t h w", b=x.shape[0]).contiguous()
+
+
+class ResidualBlock(nn.Module):
+    """(GroupNorm, SiLU, causal conv 3x3x3) twice, plus a 1x1x1 conv skip when channels change."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(norm_groups, in_channels)
+        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.norm2 = FrameGroupNorm(norm_groups, out_channels)
+        self.conv2 = CausalConv3d(out_channels, out_channels)
+        self.skip = (
+            nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        h = self.conv2(F.silu(self.norm2(h)), cache)
+        return self.skip(x) + h
+
+
+class SpatialAttention(nn.Module):
+    """Single-head self-attention over the ``H * W`` positions of each frame (mid block)."""
+
+    def __init__(self, channels: int, norm_groups: int):
+        super().__init__()
+        self.norm = FrameGroupNorm(norm_groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        """``cache`` is accepted for a uniform block signature; nothing here crosses frames."""
+        b, _, _, h, _ = x.shape
+        tokens = rearrange(self.norm(x), "b c t h w -> (b t) (h w) c")
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        out = self.proj(F.scaled_dot_product_attention(q, k, v))
+        return x + rearrange(out, "(b t) (h w) c -> b c t h w", b=b, h=h)
+
+
+class Downsample(nn.Module):
+    """Strided causal conv: H, W halved; T = 2n + 1 -> n + 1 when ``temporal``."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, stride=(2 if temporal else 1, 2, 2))
+
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        return self.conv(x, cache)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour repeat then causal conv: H, W doubled; T = n + 1 -> 2n + 1 when ``temporal``.
+
+    Every latent frame is repeated twice except the clip's first, which stays
+    single, mirroring ``Downsample`` (frame 0 encoded alone).
+    """
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.time_factor = 2 if temporal else 1
+        self.conv = CausalConv3d(channels, channels)
+
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        starts_clip = cache is None or self.conv not in cache
+        x = repeat(x, "b c t h w -> b c (t rt) (h 2) (w 2)", rt=self.time_factor)
+        if starts_clip:
+            x = x[:, :, self.time_factor - 1 :]
+        return self.conv(x, cache)
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    cache: TimeCache | None,
+    gradient_checkpointing: bool,
+) -> torch.Tensor:
+    """Apply ``blocks`` in order, each under activation checkpointing if asked.
+
+    Checkpointing is skipped for chunked runs: recomputing a block would
+    read the chunk cache after it has already moved on to the next chunk.
+    """
+    for block in blocks:
+        if gradient_checkpointing and cache is None and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x, cache)
+    return x
+
+
+def mid_blocks(channels: int, attention: bool, norm_groups: int) -> list[nn.Module]:
+    attention_block = [SpatialAttention(channels, norm_groups)] if attention else []
+    return [
+        ResidualBlock(channels, channels, norm_groups),
+        *attention_block,
+        ResidualBlock(channels, channels, norm_groups),
+    ]
+
+
+class Encoder(nn.Module):
+    """``[B, C, T, H, W]`` -> posterior moments ``[B, 2Z, T', H/f, W/f]``.
+
+    Per level: ``num_res_blocks`` residual blocks, then a downsample (except after the last level).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        latent_channels: int,
+        level_channels: list[int],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        mid_attention: bool,
+        norm_groups: int,
+    ):
+        super().__init__()
+        self.conv_in = CausalConv3d(in_channels, level_channels[0])
+        blocks: list[nn.Module] = []
+        channels = level_channels[0]
+        for level, out_channels in enumerate(level_channels):
+            for _ in range(num_res_blocks):
+                blocks.append(ResidualBlock(channels, out_channels, norm_groups))
+                channels = out_channels
+            if level < len(temporal_downsample):
+                blocks.append(Downsample(channels, temporal_downsample[level]))
+        blocks += mid_blocks(channels, mid_attention, norm_groups)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = FrameGroupNorm(norm_groups, channels)
+        self.conv_out = CausalConv3d(channels, 2 * latent_channels)
+
+    def forward(
+        self, x: torch.Tensor, cache: TimeCache | None = None, gradient_checkpointing: bool = False
+    ) -> torch.Tensor:
+        x = self.conv_in(x, cache)
+        x = run_blocks(self.blocks, x, cache, gradient_checkpointing)
+        return self.conv_out(F.silu(self.norm_out(x)), cache)
+
+
+class Decoder(nn.Module):
+    """Latents ``[B, Z, T', h, w]`` -> ``[B, C, T, h*f, w*f]``, the encoder mirrored."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        latent_channels: int,
+        level_channels: list[int],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        mid_attention: bool,
+        norm_groups: int,
+    ):
+        super().__init__()
+        channels = level_channels[-1]
+        self.conv_in = CausalConv3d(latent_channels, channels)
+        blocks = mid_blocks(channels, mid_attention, norm_groups)
+        for level in reversed(range(len(level_channels))):
+            for _ in range(num_res_blocks):
+                blocks.append(ResidualBlock(channels, level_channels[level], norm_groups))
+                channels = level_channels[level]
+            if level > 0:
+                blocks.append(Upsample(channels, temporal_downsample[level - 1]))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = FrameGroupNorm(norm_groups, channels)
+        self.conv_out = CausalConv3d(channels, out_channels)
+
+    def forward(
+        self, z: torch.Tensor, cache: TimeCache | None = None, gradient_checkpointing: bool = False
+    ) -> torch.Tensor:
+        x = self.conv_in(z, cache)
+        x = run_blocks(self.blocks, x, cache, gradient_checkpointing)
+        return self.conv_out(F.silu(self.norm_out(x)), cache)
+
+
+def split_time(x: torch.Tensor, first: int, rest: int) -> list[torch.Tensor]:
+    """Split dim 2 of ``[B, C, T, H, W]`` into chunks of ``first``, then ``rest`` frames (last one shorter)."""
+    if x.shape[2] <= first:
+        return [x]
+    return [x[:, :, :first], *x[:, :, first:].split(rest, dim=2)]
+
+
+class CausalVAE3D(nn.Module):
+    """MAGVIT-v2-style causal 3D VAE, for RGB video and flow-RGB motion alike.
+
+    Compression: space by ``2 ** (len(channel_multipliers) - 1)`` (8 by
+    default), time by ``2 ** sum(temporal_downsample)`` (4 by default): ``T = 4k + 1``
+    frames <-> ``k + 1`` latent frames. ``temporal_downsample[i]`` says whether
+    the downsample after level ``i`` also halves time; the decoder mirrors it.
+
+    The diffusion model sees ``encode_latents`` / ``decode_latents``: latents
+    normalised per channel by ``(z - latent_shift) * latent_scale``, buffers
+    filled from data by ``set_latent_statistics`` (identity by default).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_channels: int = 4,
+        base_channels: int = 128,
+        channel_multipliers: tuple[int, ...] = (1, 2, 4, 4),
+        num_res_blocks: int = 2,
+        temporal_downsample: tuple[bool, ...] = (True, True, False),
+        mid_attention: bool = True,
+        norm_groups: int = 32,
+    ):
+        super().__init__()
+        if len(temporal_downsample) != len(channel_multipliers) - 1:
+            raise ValueError(
+                f"temporal_downsample has {len(temporal_downsample)} entries, expected one per "
+                f"downsample, i.e. len(channel_multipliers) - 1 = {len(channel_multipliers) - 1}"
+            )
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.spatial_factor = 2 ** (len(channel_multipliers) - 1)
+        self.temporal_factor = 2 ** sum(temporal_downsample)
+        self.gradient_checkpointing = False
+        architecture = dict(
+            latent_channels=latent_channels,
+            level_channels=[base_channels * m for m in channel_multipliers],
+            num_res_blocks=num_res_blocks,
+            temporal_downsample=tuple(temporal_downsample),
+            mid_attention=mid_attention,
+            norm_groups=norm_groups,
+        )
+        self.encoder = Encoder(in_channels, **architecture)
+        self.decoder = Decoder(in_channels, **architecture)
+        self.register_buffer("latent_shift", torch.zeros(latent_channels))
+        self.register_buffer("latent_scale", torch.ones(latent_channels))
+
+    @classmethod
+    def tiny(cls, **overrides) -> "CausalVAE3D":
+        """CPU-sized preset (~1.3 M parameters) with the full 8x / 4x compression."""
+        config = dict(base_channels=16, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8)
+        return cls(**(config | overrides))
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """``(T', h, w)`` of the latents of a ``num_frames x height x width`` clip."""
+        self._check_size(num_frames, height, width)
+        return (
+            (num_frames - 1) // self.temporal_factor + 1,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
+
+    def encode(self, x: torch.Tensor, chunk_frames: int | None = None) -> DiagonalGaussian:
+        """``x [B, C, T, H, W]`` in [-1, 1] -> posterior over ``[B, Z, (T - 1) / 4 + 1, H / 8, W / 8]``.
+
+        ``chunk_frames = 4m + 1`` (m >= 1) encodes the first ``4m + 1`` frames,
+        then ``4m`` frames at a time (``m + 1``, then ``m`` latent frames each),
+        carrying the causal conv caches: same result, less activation memory.
+        """
+        if x.ndim != 5:
+            raise ValueError(f"video: expected shape [B, C, T, H, W], got {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"video has {x.shape[1]} channels, expected in_channels={self.in_channels}")
+        self._check_size(*x.shape[2:])
+        if chunk_frames is None:
+            moments = self.encoder(x, gradient_checkpointing=self.gradient_checkpointing)
+        else:
+            if chunk_frames <= self.temporal_factor or (chunk_frames - 1) % self.temporal_factor:
+                raise ValueError(
+                    f"chunk_frames={chunk_frames}, expected {self.temporal_factor}m + 1 with m >= 1 "
+                    f"(e.g. {4 * self.temporal_factor + 1})"
+                )
+            cache: TimeCache = {}
+            chunks = split_time(x, chunk_frames, chunk_frames - 1)
+            moments = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
+        return DiagonalGaussian(moments)
+
+    def decode(self, z: torch.Tensor, chunk_latent_frames: int | None = None) -> torch.Tensor:
+        """``z [B, Z, t, h, w]`` -> ``[B, C, 4(t - 1) + 1, 8h, 8w]``.
+
+        ``chunk_latent_frames = n`` decodes ``n`` latent frames at a time,
+        carrying the causal conv caches: same result, less activation memory.
+        """
+        if z.ndim != 5:
+            raise ValueError(f"latents: expected shape [B, Z, t, h, w], got {tuple(z.shape)}")
+        if z.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"latents have {z.shape[1]} channels, expected latent_channels={self.latent_channels}"
+            )
+        if chunk_latent_frames is None:
+            return self.decoder(z, gradient_checkpointing=self.gradient_checkpointing)
+        if chunk_latent_frames < 1:
+            raise ValueError(f"chunk_latent_frames={chunk_latent_frames}, expected >= 1")
+        cache: TimeCache = {}
+        chunks = split_time(z, chunk_latent_frames, chunk_latent_frames)
+        return torch.cat([self.decoder(chunk, cache) for chunk in chunks], dim=2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """``x [B, C, T, H, W]`` -> (reconstruction ``[B, C, T, H, W]``, posterior)."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
+
+    @torch.no_grad()
+    def set_latent_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel latent ``mean`` and ``std`` (``[Z]`` each) measured on data."""
+        for name, value in (("mean", mean), ("std", std)):
+            if tuple(value.shape) != (self.latent_channels,):
+                raise ValueError(
+                    f"latent {name} has shape {tuple(value.shape)}, expected ({self.latent_channels},)"
+                )
+        self.latent_shift.copy_(mean)
+        self.latent_scale.copy_(1.0 / std)
+
+    def encode_latents(
+        self,
+        x: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        chunk_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Video -> normalised latents ``(z - latent_shift) * latent_scale``, as the diffusion model sees them."""
+        posterior = self.encode(x, chunk_frames)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return (z - self._per_channel(self.latent_shift)) * self._per_channel(self.latent_scale)
+
+    def decode_latents(self, z: torch.Tensor, chunk_latent_frames: int | None = None) -> torch.Tensor:
+        """Inverse of ``encode_latents``: normalised latents -> video ``[B, C, T, H, W]``."""
+        z = z / self._per_channel(self.latent_scale) + self._per_channel(self.latent_shift)
+        return self.decode(z, chunk_latent_frames)
+
+    @staticmethod
+    def _per_channel(values: torch.Tensor) -> torch.Tensor:
+        return rearrange(values, "z -> 1 z 1 1 1")
+
+    def _check_size(self, num_frames: int, height: int, width: int) -> None:
+        if num_frames < 1 or (num_frames - 1) % self.temporal_factor:
+            raise ValueError(
+                f"video has T={num_frames} frames, expected T = {self.temporal_factor}k + 1 "
+                f"(1, {self.temporal_factor + 1}, {2 * self.temporal_factor + 1}, ...)"
+            )
+        for name, size in (("H", height), ("W", width)):
+            if size % self.spatial_factor:
+                raise ValueError(
+                    f"video has {name}={size}, expected a multiple of {self.spatial_factor}"
+                )

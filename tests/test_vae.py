@@ -1,0 +1,184 @@
+"""Tests for the causal 3D VAE (tora.models.vae)."""
+
+import io
+
+import pytest
+import torch
+
+from tora.models.vae import CausalVAE3D, DiagonalGaussian
+
+
+@pytest.fixture(scope="module")
+def vae() -> CausalVAE3D:
+    torch.manual_seed(0)
+    return CausalVAE3D.tiny().eval()
+
+
+def random_video(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, frames, size, size, generator=generator) * 2 - 1
+
+
+@torch.no_grad()
+def test_shapes_17_frames(vae):
+    video = random_video(2, 17, 64)
+    posterior = vae.encode(video)
+    assert posterior.mean.shape == (2, 4, 5, 8, 8)
+    assert vae.decode(posterior.sample()).shape == (2, 3, 17, 64, 64)
+    reconstruction, _ = vae(video)
+    assert reconstruction.shape == video.shape
+    assert vae.latent_shape(17, 64, 64) == (5, 8, 8)
+
+
+@torch.no_grad()
+def test_single_frame(vae):
+    posterior = vae.encode(random_video(1, 1, 32))
+    assert posterior.mean.shape == (1, 4, 1, 4, 4)
+    assert vae.decode(posterior.mode()).shape == (1, 3, 1, 32, 32)
+
+
+@torch.no_grad()
+def test_encoder_is_causal(vae):
+    video = random_video(1, 13, 32)
+    latents = vae.encode(video).mode()
+    noise = random_video(1, 13, 32, seed=1)
+    for j in range(latents.shape[2]):
+        future_changed = video.clone()
+        future_changed[:, :, 4 * j + 1 :] = noise[:, :, 4 * j + 1 :]
+        changed = vae.encode(future_changed).mode()
+        torch.testing.assert_close(changed[:, :, : j + 1], latents[:, :, : j + 1], rtol=0, atol=1e-6)
+
+        window_changed = video.clone()
+        window_changed[:, :, 4 * j] = noise[:, :, 4 * j]
+        changed = vae.encode(window_changed).mode()
+        assert (changed[:, :, j] - latents[:, :, j]).abs().max() > 1e-4
+        torch.testing.assert_close(changed[:, :, :j], latents[:, :, :j], rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_decoder_is_causal(vae):
+    latents = torch.randn(1, 4, 4, 4, 4)
+    frames = vae.decode(latents)
+    for j in range(latents.shape[2]):
+        future_changed = latents.clone()
+        future_changed[:, :, j + 1 :] = torch.randn_like(latents[:, :, j + 1 :])
+        changed = vae.decode(future_changed)
+        torch.testing.assert_close(changed[:, :, : 4 * j + 1], frames[:, :, : 4 * j + 1], rtol=0, atol=1e-6)
+        if j + 1 < latents.shape[2]:
+            assert (changed[:, :, 4 * j + 1] - frames[:, :, 4 * j + 1]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("frames", "chunk_frames"), [(17, 5), (17, 9), (13, 9), (9, 17)])
+def test_chunked_encode_matches_full(vae, frames, chunk_frames):
+    video = random_video(1, frames, 32)
+    full = vae.encode(video)
+    chunked = vae.encode(video, chunk_frames=chunk_frames)
+    torch.testing.assert_close(chunked.mean, full.mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked.logvar, full.logvar, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk_latent_frames", [1, 2, 3])
+def test_chunked_decode_matches_full(vae, chunk_latent_frames):
+    latents = torch.randn(1, 4, 5, 4, 4)
+    full = vae.decode(latents)
+    chunked = vae.decode(latents, chunk_latent_frames=chunk_latent_frames)
+    assert chunked.shape == (1, 3, 17, 32, 32)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)
+
+
+def test_kl_reduction():
+    zeros = torch.zeros(2, 8, 3, 4, 4)
+    assert torch.equal(DiagonalGaussian(zeros).kl(), torch.zeros(2))
+    unit_mean = torch.cat([torch.ones(2, 4, 3, 4, 4), torch.zeros(2, 4, 3, 4, 4)], dim=1)
+    torch.testing.assert_close(DiagonalGaussian(unit_mean).kl(), torch.full((2,), 0.5))
+
+
+def test_posterior_sampling_and_logvar_clamp():
+    moments = torch.cat([torch.zeros(1, 4, 1, 2, 2), torch.full((1, 4, 1, 2, 2), 100.0)], dim=1)
+    posterior = DiagonalGaussian(moments)
+    assert posterior.logvar.max() == 20.0
+    first = posterior.sample(torch.Generator().manual_seed(3))
+    second = posterior.sample(torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+    assert torch.equal(posterior.mode(), posterior.mean)
+
+
+@torch.no_grad()
+def test_latent_normalisation_round_trip():
+    torch.manual_seed(0)
+    vae = CausalVAE3D.tiny().eval()
+    video = random_video(1, 5, 32)
+    mean, std = torch.tensor([0.1, -0.2, 0.3, 0.0]), torch.tensor([2.0, 0.5, 1.0, 4.0])
+    vae.set_latent_statistics(mean, std)
+    z = vae.encode(video).mode()
+    normalised = vae.encode_latents(video)
+    torch.testing.assert_close(normalised, (z - mean.view(1, 4, 1, 1, 1)) / std.view(1, 4, 1, 1, 1))
+    torch.testing.assert_close(vae.decode_latents(normalised), vae.decode(z), rtol=0, atol=1e-5)
+
+    restored = CausalVAE3D.tiny()
+    buffer = io.BytesIO()
+    torch.save(vae.state_dict(), buffer)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer))
+    torch.testing.assert_close(restored.eval().encode_latents(video), normalised)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 3, 16, 32, 32), "T=16"),
+        ((1, 3, 5, 60, 32), "H=60"),
+        ((1, 3, 5, 32, 36), "W=36"),
+        ((1, 4, 5, 32, 32), "4 channels, expected in_channels=3"),
+        ((3, 5, 32, 32), r"\[B, C, T, H, W\]"),
+    ],
+)
+def test_encode_rejects_bad_shapes(vae, shape, message):
+    with pytest.raises(ValueError, match=message):
+        vae.encode(torch.zeros(shape))
+
+
+def test_bad_chunks_and_latents_rejected(vae):
+    with pytest.raises(ValueError, match="chunk_frames=8"):
+        vae.encode(torch.zeros(1, 3, 17, 32, 32), chunk_frames=8)
+    with pytest.raises(ValueError, match="3 channels, expected latent_channels=4"):
+        vae.decode(torch.zeros(1, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        vae.set_latent_statistics(torch.zeros(3), torch.ones(3))
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    vae = CausalVAE3D.tiny()
+    video = random_video(1, 5, 16)
+
+    def gradients() -> torch.Tensor:
+        vae.zero_grad()
+        reconstruction, posterior = vae(video, sample_posterior=False)
+        ((reconstruction - video).pow(2).mean() + posterior.kl().mean()).backward()
+        return torch.cat([p.grad.flatten() for p in vae.parameters()])
+
+    plain = gradients()
+    vae.gradient_checkpointing = True
+    torch.testing.assert_close(gradients(), plain)
+
+
+def test_overfits_one_clip():
+    torch.manual_seed(0)
+    vae = CausalVAE3D.tiny()
+    ramp = torch.linspace(-1, 1, 32)
+    frames = [torch.stack([ramp.roll(2 * t).expand(32, 32), ramp.view(32, 1).expand(32, 32),
+                           -ramp.roll(t).expand(32, 32).T]) for t in range(5)]
+    video = torch.stack(frames, dim=1).unsqueeze(0)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        reconstruction, posterior = vae(video, generator=torch.Generator().manual_seed(0))
+        loss = (reconstruction - video).abs().mean() + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
