@@ -77,7 +77,8 @@ def test_batches_follow_the_contract(tmp_path):
     for batch in batches:
         for index, key in enumerate(batch["key"]):
             expected = 3 if key.startswith("many") else 2
-            assert batch["track_mask"][index].tolist() == [True] * expected + [False] * (3 - expected)
+            mask = [True] * expected + [False] * (3 - expected)
+            assert batch["track_mask"][index].tolist() == mask
             assert (batch["tracks"][index, expected:] == 0).all()
     assert datamodule.skipped == {
         "data/skipped_samples": 0,
@@ -120,7 +121,8 @@ def _constant_clip(num_frames, height, width, velocity):
     frames = np.full((num_frames, height, width, 3), 128, np.uint8)
     flow = np.broadcast_to(np.float32(velocity), (num_frames - 1, height, width, 2)).copy()
     start = np.array([[10.0, 20.0], [100.0, 50.0]], np.float32)
-    tracks = start[:, None] + np.arange(num_frames, dtype=np.float32)[:, None] * np.float32(velocity)
+    steps = np.arange(num_frames, dtype=np.float32)[:, None]
+    tracks = start[:, None] + steps * np.asarray(velocity, np.float32)
     return frames, flow, tracks, "constant motion", {"fps": 8.0, "source": "test"}
 
 
@@ -146,13 +148,15 @@ def test_resize_center_crop_non_square():
     assert video.shape == (3, 3, 32, 32) and flow.shape == (2, 32, 32, 2)
     torch.testing.assert_close(flow, torch.tensor([1.5, 0.5]).expand(2, 32, 32, 2))
     # 64x96 -> 32x48 (factor 0.5), centre crop drops 8 columns on the left.
-    torch.testing.assert_close(tracks, torch.tensor([[[15.5, 15.5], [-8.25, -0.25], [39.25, 31.25]]]))
+    torch.testing.assert_close(
+        tracks, torch.tensor([[[15.5, 15.5], [-8.25, -0.25], [39.25, 31.25]]])
+    )
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"num_frames": 16}, "4k+1"),
+        ({"num_frames": 16}, r"4k\+1"),
         ({"frame_stride": 2}, "frame_stride"),
         ({"resampled": True}, "epoch_length"),
     ],
@@ -169,7 +173,7 @@ def test_data_configs_compose_and_instantiate(name, tmp_path):
     overrides = [f"+paths.data_dir={tmp_path}"]
     if name == "shards":
         overrides += [
-            f"train_shards={tmp_path}/synthetic/train-{{000000..000000}}-000000.tar",
+            f"train_shards='{tmp_path}/synthetic/train-{{000000..000000}}-000000.tar'",
             "resolution=[64,64]",
             "batch_size=2",
             "num_workers=0",
@@ -177,9 +181,9 @@ def test_data_configs_compose_and_instantiate(name, tmp_path):
         ]
     with initialize_config_dir(config_dir=str(DATA_CONFIGS), version_base="1.3"):
         config = compose(config_name=name, overrides=overrides)
-    OmegaConf.resolve(config)
-    del config["paths"]
-    datamodule = instantiate(config)
+    data_config = OmegaConf.to_container(config, resolve=True)
+    del data_config["paths"]
+    datamodule = instantiate(data_config)
     assert isinstance(datamodule, ShardDataModule)
     assert datamodule.num_workers == (2 if name == "synthetic" else 0)
     if name != "synthetic":
@@ -192,6 +196,9 @@ def _ddp_worker(rank, world_size, port, shard_dir, result_dir):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
+    # Fork DataLoader workers as under Lightning's DDP launcher (a process made by
+    # mp.spawn would spawn them too, re-importing everything: ~10 s each here).
+    mp.set_start_method("fork", force=True)
     results = {}
     setups = {
         "split_shards": {"train_shards": f"{shard_dir}/train-*.tar"},
@@ -233,8 +240,12 @@ def test_throughput(tmp_path):
     """Clips/s at 64x64, 17 frames, 2 workers (``pytest -m slow -s`` prints it)."""
     write_shards(tmp_path, "train", [64, 64], num_frames=17, height=64, width=64, num_tracks=4)
     datamodule = make_datamodule(
-        tmp_path / "train-*.tar", resolution=[64, 64], num_frames=17, num_workers=2,
-        shuffle_buffer=64, max_tracks=8,
+        tmp_path / "train-*.tar",
+        resolution=[64, 64],
+        num_frames=17,
+        num_workers=2,
+        shuffle_buffer=64,
+        max_tracks=8,
     )
     loader = datamodule.train_dataloader()
     clips = 0

@@ -113,7 +113,7 @@ def test_motion_guidance_fuse_callback():
     torch.manual_seed(0)
     guidance = MotionGuidance(HIDDEN, depth=2, placement="temporal", feature_channels=FEATURE)
     assert sorted(guidance.fusers) == ["temporal_0", "temporal_1"]
-    features = guidance(torch.randn(B, 4, T, 2 * HT, 2 * WT))
+    features = guidance.extract(torch.randn(B, 4, T, 2 * HT, 2 * WT))
     assert len(features) == 2
     for fuser in guidance.fusers.values():
         for parameter in fuser.parameters():
@@ -183,7 +183,7 @@ class FakeVAE(nn.Module):
 
 
 def test_vae_motion_encoder_is_frozen_and_gradient_free():
-    encoder = build_motion_encoder("vae", vae=FakeVAE())
+    encoder = build_motion_encoder("motion_vae", vae=FakeVAE())
     encoder.train()
     assert not encoder.vae.training
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -193,7 +193,7 @@ def test_vae_motion_encoder_is_frozen_and_gradient_free():
 
 
 def test_build_motion_encoder_errors():
-    with pytest.raises(ValueError, match="vae, avg_pool, frame_sampling"):
+    with pytest.raises(ValueError, match="motion_vae, video_vae, avg_pool, frame_sampling"):
         build_motion_encoder("optical")
-    with pytest.raises(ValueError, match="vae="):
-        build_motion_encoder("vae")
+    with pytest.raises(ValueError, match="'video_vae' needs .*vae="):
+        build_motion_encoder("video_vae")

@@ -8,11 +8,11 @@ from tora.diffusion import RectifiedFlow, duplicate_for_cfg, shift_timesteps
 SHAPE = (2, 4, 3, 4, 4)  # [B, C, T, H, W] latents
 
 
-def exact_velocity_model(x0: torch.Tensor, num_timesteps: int = 1000):
+def exact_velocity_model(x0: torch.Tensor):
     """The true velocity noise - x0 of the straight path through a known x0: (x_t - x0) / t."""
 
     def model_fn(x, timestep, **kwargs):
-        t = (timestep / num_timesteps).reshape(-1, 1, 1, 1, 1)
+        t = timestep.reshape(-1, 1, 1, 1, 1)
         return (x - torch.cat([x0] * (x.shape[0] // x0.shape[0]))) / t
 
     return model_fn
@@ -82,7 +82,7 @@ def test_training_loss_is_zero_for_the_exact_velocity_and_mse_otherwise():
 
 
 def test_training_loss_passes_timesteps_and_conditions_and_uses_first_channels():
-    flow = RectifiedFlow(num_timesteps=1000)
+    flow = RectifiedFlow()
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
     seen = {}
 
@@ -94,7 +94,7 @@ def test_training_loss_passes_timesteps_and_conditions_and_uses_first_channels()
     t = torch.tensor([0.25, 0.5])
     out = flow.training_losses(model_fn, x0, {"y": "text", "mask": "m"}, t=t, noise=noise)
     torch.testing.assert_close(out["loss"], torch.zeros(2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(seen["timestep"], t * 1000)
+    torch.testing.assert_close(seen["timestep"], t)
     assert seen["y"] == "text" and seen["mask"] == "m"
 
 
@@ -132,7 +132,7 @@ def test_training_frame_mask_keeps_given_frames_clean_and_out_of_the_loss():
 def test_euler_sampling_recovers_x0_of_a_straight_path(use_timestep_transform):
     flow = RectifiedFlow(use_timestep_transform=use_timestep_transform)
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
-    text = (torch.randn(2, 1, 5, 8), torch.ones(2, 5, dtype=torch.long))
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.ones(2, 5, dtype=torch.long))
     one_step = flow.sample(exact_velocity_model(x0), noise, text, text, steps=1, progress=False)
     torch.testing.assert_close(one_step, x0)
     many_steps = flow.sample(exact_velocity_model(x0), noise, text, text, steps=7, progress=False)
@@ -142,7 +142,7 @@ def test_euler_sampling_recovers_x0_of_a_straight_path(use_timestep_transform):
 def test_euler_sampling_with_opensora_sign():
     flow = RectifiedFlow(prediction="data_minus_noise")
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
-    text = (torch.randn(2, 1, 5, 8), None)
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=None)
     model = exact_velocity_model(x0)
     sample = flow.sample(
         lambda x, t, **kw: -model(x, t), noise, text, text, steps=3, progress=False
@@ -164,8 +164,8 @@ def text_dependent_model(seen: list | None = None):
 def test_cfg_scale_one_equals_conditional_only():
     flow = RectifiedFlow()
     noise = torch.randn(SHAPE)
-    text = (torch.randn(2, 1, 5, 8), torch.ones(2, 5, dtype=torch.long))
-    null = (torch.randn(2, 1, 5, 8), None)
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.ones(2, 5, dtype=torch.long))
+    null = dict(y=torch.randn(2, 1, 5, 8))  # no mask: the text mask is reused
     guided = flow.sample(
         text_dependent_model(), noise, text, null, guidance_scale=1.0, steps=4, progress=False
     )
@@ -178,8 +178,8 @@ def test_cfg_scale_one_equals_conditional_only():
 def test_cfg_extrapolates_from_null_to_text_in_one_step():
     flow = RectifiedFlow()
     noise = torch.randn(SHAPE)
-    text = (torch.full((2, 1, 5, 8), 1.0), None)
-    null = (torch.full((2, 1, 5, 8), -1.0), None)
+    text = dict(y=torch.full((2, 1, 5, 8), 1.0), mask=None)
+    null = dict(y=torch.full((2, 1, 5, 8), -1.0), mask=None)
     sample = flow.sample(
         text_dependent_model(), noise, text, null, guidance_scale=3.0, steps=1, progress=False
     )
@@ -190,8 +190,8 @@ def test_cfg_extrapolates_from_null_to_text_in_one_step():
 def test_extra_conditions_go_to_both_branches_and_text_is_doubled():
     flow = RectifiedFlow()
     noise = torch.randn(SHAPE)
-    text = (torch.randn(2, 1, 5, 8), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
-    null = (torch.randn(2, 1, 5, 8), None)
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
+    null = dict(y=torch.randn(2, 1, 5, 8), mask=None)
     motion = torch.randn(2, 4, 3, 4, 4)
     features = [torch.randn(2, 16, 3, 2, 2), torch.randn(2, 16, 3, 2, 2)]
     seen = []
@@ -210,26 +210,26 @@ def test_extra_conditions_go_to_both_branches_and_text_is_doubled():
     for got, feature in zip(call["features"], features):
         assert torch.equal(got, torch.cat([feature, feature]))
     assert call["fps"].ndim == 0
-    assert torch.equal(call["y"], torch.cat([text[0], null[0]]))
-    assert torch.equal(call["mask"], torch.cat([text[1], text[1]]))
+    assert torch.equal(call["y"], torch.cat([text["y"], null["y"]]))
+    assert torch.equal(call["mask"], torch.cat([text["mask"], text["mask"]]))
     assert torch.equal(call["x"][:2], call["x"][2:])
-    torch.testing.assert_close(call["timestep"], torch.full((4,), 1000.0))
+    torch.testing.assert_close(call["timestep"], torch.ones(4))
 
 
 def test_null_text_mask_is_used_when_given():
     flow = RectifiedFlow()
-    text = (torch.randn(2, 1, 5, 8), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
-    null = (torch.randn(2, 1, 5, 8), torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]]))
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
+    null = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]]))
     seen = []
     flow.sample(text_dependent_model(seen), torch.randn(SHAPE), text, null, steps=1, progress=False)
-    assert torch.equal(seen[0]["mask"], torch.cat([text[1], null[1]]))
+    assert torch.equal(seen[0]["mask"], torch.cat([text["mask"], null["mask"]]))
 
 
 def test_sampling_holds_given_frames():
     flow = RectifiedFlow()
     noise, x_given = torch.randn(SHAPE), torch.randn(SHAPE)
     frame_mask = torch.tensor([[False, True, True], [False, False, True]])
-    text = (torch.randn(2, 1, 5, 8), None)
+    text = dict(y=torch.randn(2, 1, 5, 8), mask=None)
     seen = []
     sample = flow.sample(
         text_dependent_model(seen),

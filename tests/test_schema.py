@@ -21,8 +21,12 @@ from tora.data.schema import (
 
 def smooth_frames(rng, num_frames=9, height=32, width=32):
     """Random but smooth colour frames sliding one pixel per frame (what mp4 is made for)."""
-    coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, height // 8 + 1, (width + num_frames) // 8 + 1)))
-    image = torch.nn.functional.interpolate(coarse, size=(height, width + num_frames), mode="bilinear")
+    coarse = torch.from_numpy(
+        rng.uniform(0, 255, (1, 3, height // 8 + 1, (width + num_frames) // 8 + 1))
+    )
+    image = torch.nn.functional.interpolate(
+        coarse, size=(height, width + num_frames), mode="bilinear"
+    )
     image = image[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
     return np.stack([image[:, t : t + width] for t in range(num_frames)])
 
@@ -62,8 +66,11 @@ def test_round_trip_through_shards(tmp_path):
         error = np.abs(sample.frames.astype(np.float64) - clip["frames"]).mean()
         assert error < 8, f"{key}: mean abs error {error:.2f}/255"
         assert sample.flow.dtype == np.float32
-        np.testing.assert_array_equal(sample.flow, clip["flow"].astype(np.float16).astype(np.float32))
-        assert sample.tracks.dtype == np.float32 and sample.tracks.shape == (len(clip["tracks"]), 9, 2)
+        np.testing.assert_array_equal(
+            sample.flow, clip["flow"].astype(np.float16).astype(np.float32)
+        )
+        assert sample.tracks.dtype == np.float32
+        assert sample.tracks.shape == (len(clip["tracks"]), 9, 2)
         np.testing.assert_array_equal(sample.tracks, clip["tracks"])
         assert sample.caption == clip["caption"]
         assert sample.meta == {**clip["meta"], "width": 32, "height": 32, "num_frames": 9}
@@ -101,7 +108,9 @@ def test_decode_errors_name_sample_and_file():
     raw["__url__"] = "shard-000.tar"
 
     missing = {key: value for key, value in raw.items() if key != "flow.npy"}
-    with pytest.raises(ShardFormatError, match=r"sample clip-7 in shard-000.tar: missing \['flow.npy'\]"):
+    with pytest.raises(
+        ShardFormatError, match=r"sample clip-7 in shard-000.tar: missing \['flow.npy'\]"
+    ):
         decode_sample(missing)
 
     with pytest.raises(ShardFormatError, match="clip-7 in shard-000.tar mp4: undecodable"):

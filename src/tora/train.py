@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally validate) the configured LightningModule; return final metrics."""
+    cfg = resolved(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -46,6 +47,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         export_checkpoint(trainer, Path(export))
     log_run_summary(trainer, model, datamodule, metrics)
     return metrics
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """A fully resolved copy without the ``hydra`` node, so sub-configs handed to
+    modules carry values rather than interpolations into the root."""
+    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    return OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
 
 
 def export_checkpoint(trainer: L.Trainer, path: Path) -> None:

@@ -10,10 +10,11 @@ OpenSora v1.2 (``opensora/schedulers/rf``) uses the same x_t but trains its
 STDiT3 to predict ``x0 - noise``; pass ``prediction="data_minus_noise"`` when
 sampling from or fine-tuning its pretrained checkpoints.
 
-Model calling convention: ``model_fn(x, timestep, y=..., mask=..., **extra)``
-where ``timestep = t * num_timesteps`` (OpenSora's STDiT3 embeds timesteps in
-[0, 1000]). If the output has more channels than x (STDiT3 with pred_sigma
-returns 2 * in_channels), only the first ``in_channels`` are the velocity.
+Model calling convention: ``model_fn(x, t, y=..., mask=..., **extra)`` with
+``t`` of shape ``[B]`` in [0, 1] (a wrapper around STDiT3 scales it to
+OpenSora's [0, 1000]). If the output has more channels than x (STDiT3 with
+pred_sigma returns 2 * in_channels), only the first ``in_channels`` are the
+velocity.
 """
 
 import math
@@ -24,7 +25,7 @@ from einops import reduce
 from rich.progress import track
 
 ModelFn = Callable[..., torch.Tensor]
-TextCondition = tuple[torch.Tensor, torch.Tensor | None]
+TextCondition = dict[str, torch.Tensor | None]
 
 PREDICTIONS = {"noise_minus_data": 1.0, "data_minus_noise": -1.0}
 SAMPLE_METHODS = ("logit-normal", "uniform")
@@ -69,7 +70,6 @@ class RectifiedFlow:
         sample_method: training timesteps, ``"logit-normal"`` (sigmoid of N(0, 1))
             or ``"uniform"``.
         transform_scale: extra factor on the shift.
-        num_timesteps: the model sees ``t * num_timesteps``.
         base_resolution, base_num_frames: pixels and latent frames at which the
             shift is 1 (OpenSora: 512 * 512 and 1).
         spatial_compression: VAE spatial factor, to recover pixels from latents.
@@ -84,7 +84,6 @@ class RectifiedFlow:
         use_timestep_transform: bool = True,
         sample_method: str = "logit-normal",
         transform_scale: float = 1.0,
-        num_timesteps: int = 1000,
         base_resolution: int = 512 * 512,
         base_num_frames: int = 1,
         spatial_compression: int = 8,
@@ -103,7 +102,6 @@ class RectifiedFlow:
         self.use_timestep_transform = use_timestep_transform
         self.sample_method = sample_method
         self.transform_scale = transform_scale
-        self.num_timesteps = num_timesteps
         self.base_resolution = base_resolution
         self.base_num_frames = base_num_frames
         self.spatial_compression = spatial_compression
@@ -166,7 +164,7 @@ class RectifiedFlow:
         """Velocity MSE per sample.
 
         Args:
-            model_fn: called as ``model_fn(x_t, t * num_timesteps, **condition_kwargs)``.
+            model_fn: called as ``model_fn(x_t, t, **condition_kwargs)``.
             x0: clean latents ``[B, C, T, H, W]``.
             condition_kwargs: ``y``, ``mask`` and any other model inputs.
             t: ``[B]`` in [0, 1]; sampled (and shifted) when None, used as is otherwise.
@@ -189,7 +187,7 @@ class RectifiedFlow:
         if frame_mask is not None:
             x_t = torch.where(frame_mask[:, None, :, None, None], x_t, x0)
             kwargs["x_mask"] = frame_mask
-        prediction = model_fn(x_t, t * self.num_timesteps, **kwargs)[:, : x0.shape[1]]
+        prediction = model_fn(x_t, t, **kwargs)[:, : x0.shape[1]]
         error = (prediction.float() - self.velocity(x0, noise).float()).pow(2)
         error_per_frame = reduce(error, "b c t h w -> b t", "mean")
         if frame_mask is None:
@@ -224,8 +222,8 @@ class RectifiedFlow:
 
         Args:
             noise: ``[B, C, T, H, W]``, the sample at t = 1.
-            text_cond, null_text_cond: ``(y [B, 1, L, C], mask [B, L] or None)``;
-                a None null mask reuses the text mask (OpenSora's null tokens).
+            text_cond, null_text_cond: ``{"y": [B, 1, L, C], "mask": [B, L] or None}``;
+                a None or missing null mask reuses the text mask (OpenSora's null tokens).
             guidance_scale, steps: default ``cfg_scale``, ``num_sampling_steps``.
             extra: further model inputs shared by both branches.
             frame_mask: bool ``[B, T]``, False = frame given by ``x_given``
@@ -237,9 +235,8 @@ class RectifiedFlow:
         """
         guidance_scale = self.cfg_scale if guidance_scale is None else guidance_scale
         steps = steps or self.num_sampling_steps
-        y, mask = text_cond
-        y_null, mask_null = null_text_cond
-        y_in = torch.cat([y, y_null])
+        y_in = torch.cat([text_cond["y"], null_text_cond["y"]])
+        mask, mask_null = text_cond.get("mask"), null_text_cond.get("mask")
         if mask is not None:
             mask = torch.cat([mask, mask if mask_null is None else mask_null])
         extra = dict(extra or {})
@@ -261,7 +258,7 @@ class RectifiedFlow:
         for t_now, t_next in track(
             list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
         ):
-            timestep = torch.full((2 * x.shape[0],), t_now * self.num_timesteps, device=x.device)
+            timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
             output = model_fn(torch.cat([x, x]), timestep, y=y_in, mask=mask, **extra)
             v_text, v_null = output[:, : x.shape[1]].chunk(2)
             v = v_null + guidance_scale * (v_text - v_null)

@@ -236,7 +236,7 @@ def fuser_blocks(placement: str, depth: int) -> list[tuple[str, int]]:
 class MotionGuidance(nn.Module):
     """Trajectory Extractor + one fuser per hosting block (keyed ``"<kind>_<index>"``).
 
-    ``forward(motion_latents)`` gives the motion features, one per entry of
+    ``extract(motion_latents)`` gives the motion features, one per entry of
     ``self.blocks``; ``make_fuse_callback(features)`` turns them into the
     ``fuse(h, kind, index, T, H, W)`` callable STDiT3 calls at every block entry.
 
@@ -245,8 +245,8 @@ class MotionGuidance(nn.Module):
         depth: number of STDiT3 spatial (= temporal) blocks.
         fuser: fuser kind, see ``build_fuser``.
         placement: ``"temporal"`` (paper), ``"spatial"`` or ``"both"``.
-        in_channels, patch_size, feature_channels, blocks_per_level, num_groups:
-            the ``TrajectoryExtractor``'s.
+        latent_channels: channels of the motion latents (the TE's ``in_channels``).
+        patch_size, feature_channels, blocks_per_level, num_groups: the ``TrajectoryExtractor``'s.
         fuser_kwargs: extra keyword arguments for every fuser.
     """
 
@@ -256,7 +256,7 @@ class MotionGuidance(nn.Module):
         depth: int,
         fuser: str = "adaptive_norm",
         placement: str = "temporal",
-        in_channels: int = 4,
+        latent_channels: int = 4,
         patch_size: tuple[int, int, int] = (1, 2, 2),
         feature_channels: int = 128,
         blocks_per_level: int = 2,
@@ -266,7 +266,7 @@ class MotionGuidance(nn.Module):
         super().__init__()
         self.blocks = fuser_blocks(placement, depth)
         self.extractor = TrajectoryExtractor(
-            in_channels=in_channels,
+            in_channels=latent_channels,
             patch_size=patch_size,
             feature_channels=feature_channels,
             num_features=len(self.blocks),
@@ -282,7 +282,7 @@ class MotionGuidance(nn.Module):
             }
         )
 
-    def forward(self, motion_latents: torch.Tensor) -> list[torch.Tensor]:
+    def extract(self, motion_latents: torch.Tensor) -> list[torch.Tensor]:
         """``[B, Cm, T, h, w]`` -> one ``[B, Cf, T, H_tok, W_tok]`` feature per hosting block."""
         return self.extractor(motion_latents)
 

@@ -105,6 +105,10 @@ class FrameSamplingMotionEncoder(PoolingMotionEncoder):
         return motion_rgb[:, :, :: self.temporal_factor]
 
 
+VAE_KINDS = ("motion_vae", "video_vae")
+POOLING_ENCODERS = {"avg_pool": AvgPoolMotionEncoder, "frame_sampling": FrameSamplingMotionEncoder}
+
+
 def build_motion_encoder(
     kind: str,
     out_channels: int = 4,
@@ -112,14 +116,21 @@ def build_motion_encoder(
     spatial_factor: int = 8,
     temporal_factor: int = 4,
 ) -> MotionEncoder:
-    """Construct a motion encoder by name: ``vae`` (needs ``vae``), ``avg_pool`` or ``frame_sampling``."""
-    if kind == "vae":
+    """Construct a motion encoder by name.
+
+    ``motion_vae`` and ``video_vae`` wrap the ``vae`` passed in (the name says
+    which checkpoint it holds); ``avg_pool`` and ``frame_sampling`` use
+    ``out_channels``, ``spatial_factor`` and ``temporal_factor``.
+    """
+    if kind in VAE_KINDS:
         if vae is None:
-            raise ValueError("build_motion_encoder: kind 'vae' needs a CausalVAE3D passed as vae=")
+            raise ValueError(
+                f"build_motion_encoder: kind {kind!r} needs a CausalVAE3D passed as vae="
+            )
         return VAEMotionEncoder(vae)
-    pooling = {"avg_pool": AvgPoolMotionEncoder, "frame_sampling": FrameSamplingMotionEncoder}
-    if kind not in pooling:
+    if kind not in POOLING_ENCODERS:
         raise ValueError(
-            f"unknown motion encoder kind {kind!r}; valid options: vae, {', '.join(pooling)}"
+            f"unknown motion encoder kind {kind!r}; valid options: "
+            f"{', '.join(VAE_KINDS + tuple(POOLING_ENCODERS))}"
         )
-    return pooling[kind](out_channels, spatial_factor, temporal_factor)
+    return POOLING_ENCODERS[kind](out_channels, spatial_factor, temporal_factor)

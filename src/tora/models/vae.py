@@ -1,9 +1,9 @@
 """Causal 3D VAE for video and flow-RGB motion (MAGVIT-v2 style, arXiv 2310.05737).
 
 One class serves both the video VAE and Tora's motion VAE (Tora, arXiv
-2407.21705, section 3.2): 8x spatial and 4x temporal compression, causal in
-time. A clip of ``T = 4k + 1`` frames gives ``k + 1`` latent frames: frame 0 is
-encoded alone and every following group of 4 frames gives one latent frame, so
+2407.21705): 8x spatial and 4x temporal compression, causal in time. A clip
+of ``T = 4k + 1`` frames gives ``k + 1`` latent frames: frame 0 is encoded
+alone and every following group of 4 frames gives one latent frame, so
 latent frame ``j`` depends on input frames ``<= 4j`` only, and decoded frame
 ``i`` on latent frames ``<= ceil(i / 4)`` only.
 
@@ -63,7 +63,7 @@ class FrameGroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = rearrange(x, "b c t h w -> (b t) c h w")
-        return rearrange(super().forward(frames), "(b t) c h w -> b c t h w", b=x.shape[0]).contiguous()
+        return rearrange(super().forward(frames), "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
 class ResidualBlock(nn.Module):
@@ -76,7 +76,9 @@ class ResidualBlock(nn.Module):
         self.norm2 = FrameGroupNorm(norm_groups, out_channels)
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.skip = (
-            nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            nn.Conv3d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
@@ -117,14 +119,15 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour repeat then causal conv: H, W doubled; T = n + 1 -> 2n + 1 when ``temporal``.
 
-    Every latent frame is repeated twice except the clip's first, which stays
-    single, mirroring ``Downsample`` (frame 0 encoded alone).
+    In time every frame is repeated twice except the clip's first, which stays
+    single, mirroring ``Downsample`` (frame 0 encoded alone). The conv maps to
+    the next level's (smaller) width, so the high-resolution conv is the cheap one.
     """
 
-    def __init__(self, channels: int, temporal: bool):
+    def __init__(self, in_channels: int, out_channels: int, temporal: bool):
         super().__init__()
         self.time_factor = 2 if temporal else 1
-        self.conv = CausalConv3d(channels, channels)
+        self.conv = CausalConv3d(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
         starts_clip = cache is None or self.conv not in cache
@@ -154,6 +157,7 @@ def run_blocks(
 
 
 def mid_blocks(channels: int, attention: bool, norm_groups: int) -> list[nn.Module]:
+    """Residual block, optional per-frame attention, residual block (at the lowest resolution)."""
     attention_block = [SpatialAttention(channels, norm_groups)] if attention else []
     return [
         ResidualBlock(channels, channels, norm_groups),
@@ -202,7 +206,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latents ``[B, Z, T', h, w]`` -> ``[B, C, T, h*f, w*f]``, the encoder mirrored."""
+    """Latents ``[B, Z, T', h, w]`` -> ``[B, C, T, h*f, w*f]``, the encoder mirrored.
+
+    Per level (lowest resolution first): ``num_res_blocks`` residual blocks, then an upsample.
+    """
 
     def __init__(
         self,
@@ -219,11 +226,14 @@ class Decoder(nn.Module):
         self.conv_in = CausalConv3d(latent_channels, channels)
         blocks = mid_blocks(channels, mid_attention, norm_groups)
         for level in reversed(range(len(level_channels))):
-            for _ in range(num_res_blocks):
-                blocks.append(ResidualBlock(channels, level_channels[level], norm_groups))
-                channels = level_channels[level]
+            blocks += [
+                ResidualBlock(channels, channels, norm_groups) for _ in range(num_res_blocks)
+            ]
             if level > 0:
-                blocks.append(Upsample(channels, temporal_downsample[level - 1]))
+                blocks.append(
+                    Upsample(channels, level_channels[level - 1], temporal_downsample[level - 1])
+                )
+                channels = level_channels[level - 1]
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = FrameGroupNorm(norm_groups, channels)
         self.conv_out = CausalConv3d(channels, out_channels)
@@ -293,8 +303,10 @@ class CausalVAE3D(nn.Module):
 
     @classmethod
     def tiny(cls, **overrides) -> "CausalVAE3D":
-        """CPU-sized preset (~1.3 M parameters) with the full 8x / 4x compression."""
-        config = dict(base_channels=16, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8)
+        """CPU-sized preset (2.2 M parameters) with the full 8x / 4x compression."""
+        config = dict(
+            base_channels=16, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8
+        )
         return cls(**(config | overrides))
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -316,7 +328,9 @@ class CausalVAE3D(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"video: expected shape [B, C, T, H, W], got {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"video has {x.shape[1]} channels, expected in_channels={self.in_channels}")
+            raise ValueError(
+                f"video has {x.shape[1]} channels, expected in_channels={self.in_channels}"
+            )
         self._check_size(*x.shape[2:])
         if chunk_frames is None:
             moments = self.encoder(x, gradient_checkpointing=self.gradient_checkpointing)
@@ -385,7 +399,9 @@ class CausalVAE3D(nn.Module):
         z = posterior.sample(generator) if sample else posterior.mode()
         return (z - self._per_channel(self.latent_shift)) * self._per_channel(self.latent_scale)
 
-    def decode_latents(self, z: torch.Tensor, chunk_latent_frames: int | None = None) -> torch.Tensor:
+    def decode_latents(
+        self, z: torch.Tensor, chunk_latent_frames: int | None = None
+    ) -> torch.Tensor:
         """Inverse of ``encode_latents``: normalised latents -> video ``[B, C, T, H, W]``."""
         z = z / self._per_channel(self.latent_scale) + self._per_channel(self.latent_shift)
         return self.decode(z, chunk_latent_frames)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tora.diffusion import RectifiedFlow
 from tora.models.fusers import MotionGuidance
 from tora.models.motion_encoders import build_motion_encoder
-from tora.models.stdit3 import STDiT3, STDiT3Config
+from tora.models.stdit3 import STDiT3, STDiT3Config, load_opensora_state_dict
 from tora.models.tora import Tora
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig, draw_tracks
@@ -68,6 +68,7 @@ class VideoDiffusionModule(L.LightningModule):
         motion_rgb: DictConfig | dict | None = None,
         trainable: str = "full",
         train_text_encoder: bool = True,
+        backbone_checkpoint: str | None = None,
         init_checkpoint: str | None = None,
         init_modules: list[str] | None = None,
         validation: DictConfig | dict | None = None,
@@ -102,6 +103,8 @@ class VideoDiffusionModule(L.LightningModule):
         self.validation_cfg = {"sample_steps": 10, "cfg_scale": 4.0, "num_clips": 2, "seed": 0}
         self.validation_cfg.update(to_container(validation))
 
+        if backbone_checkpoint:
+            load_opensora_state_dict(self.model.backbone, backbone_checkpoint, strict=True)
         if init_checkpoint:
             self.load_init_checkpoint(init_checkpoint, init_modules or ["model.backbone", "text_encoder"])
         self.set_trainable(trainable, train_text_encoder)
