@@ -9,6 +9,16 @@ from tora.models.layers.causal_conv import CausalConv3d
 from tora.models.vae import CausalVAE3D, DiagonalGaussian
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """On a small shared CPU, OpenMP threads spin-waiting for busy cores can make
+    a 2-thread backward pass ten times slower than a 1-thread one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def vae() -> CausalVAE3D:
     torch.manual_seed(0)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TRAINABLE_SETS = ("full", "temporal", "tora_modules")
 TIMESTEP_BUCKETS = 4
+VALIDATION_TIMESTEPS = (0.25, 0.5, 0.75)
 VAE_ENCODERS = ("motion_vae", "video_vae")
 
 
@@ -223,11 +224,14 @@ class VideoDiffusionModule(L.LightningModule):
         if "motion_latents" in motion:
             extra["motion_latents"] = motion["motion_latents"]
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        for t_value in (0.25, 0.5, 0.75):
+        losses = []
+        for t_value in VALIDATION_TIMESTEPS:
             t = torch.full((x0.shape[0],), t_value, device=x0.device)
-            out = self.flow.training_losses(self.model_fn, x0, dict(y=y, mask=mask, **extra), t=t, noise=noise)
-            self.log(f"val/loss_t{t_value}", out["loss"].mean(), batch_size=x0.shape[0], sync_dist=True)
-            self.log("val/loss", out["loss"].mean() / 3, batch_size=x0.shape[0], sync_dist=True, reduce_fx="sum")
+            conditions = dict(y=y, mask=mask, **extra)
+            loss = self.flow.training_losses(self.model_fn, x0, conditions, t=t, noise=noise)["loss"].mean()
+            self.log(f"val/loss_t{t_value}", loss, batch_size=x0.shape[0], sync_dist=True)
+            losses.append(loss)
+        self.log("val/loss", torch.stack(losses).mean(), batch_size=x0.shape[0], sync_dist=True)
         if batch_idx == 0:
             self.log_samples(batch, y, mask, extra, motion, noise)
 

@@ -49,6 +49,7 @@ class VAEModule(L.LightningModule):
         kl_weight: float = 1e-6,
         motion_source: DictConfig | dict | None = None,
         motion_rgb: DictConfig | dict | None = None,
+        train_crop: list[int] | None = None,
         latent_statistics_batches: int = 8,
         log_videos_every_n_val: int = 1,
         compile: bool = False,
@@ -72,8 +73,25 @@ class VAEModule(L.LightningModule):
             return batch["video"]
         return motion_condition(batch, self.motion_source, self.motion_rgb)["motion_rgb"]
 
+    def random_crop(self, clips: torch.Tensor) -> torch.Tensor:
+        """A random ``train_crop = [T, H, W]`` window of ``[B, C, T, H, W]`` clips.
+
+        The VAE is convolutional and causal, so it trains on small windows (far
+        cheaper on a CPU) and runs on whole clips; T must be 4k+1, H and W
+        multiples of 8.
+        """
+        if not self.hparams.train_crop:
+            return clips
+        sizes = self.hparams.train_crop
+        starts = [
+            int(torch.randint(0, full - size + 1, (1,)))
+            for full, size in zip(clips.shape[2:], sizes, strict=True)
+        ]
+        t, h, w = (slice(start, start + size) for start, size in zip(starts, sizes, strict=True))
+        return clips[:, :, t, h, w]
+
     def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        target = self.target(batch)
+        target = self.random_crop(self.target(batch))
         reconstruction, posterior = self.vae(target)
         reconstruction_loss = F.l1_loss(reconstruction, target)
         kl = posterior.kl().mean()
