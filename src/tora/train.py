@@ -27,8 +27,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model: L.LightningModule = instantiate_module(cfg.model)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -47,6 +47,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         export_checkpoint(trainer, Path(export))
     log_run_summary(trainer, model, datamodule, metrics)
     return metrics
+
+
+def instantiate_module(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule of a ``model`` config; sub-configs arrive as plain
+    dicts (they are saved as hyper-parameters and must load with ``weights_only``)."""
+    return hydra.utils.instantiate(cfg, _recursive_=False, _convert_="all")
 
 
 def resolved(cfg: DictConfig) -> DictConfig:

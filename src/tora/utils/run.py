@@ -22,6 +22,8 @@ def _instantiate_group(group: DictConfig | None, kind: str) -> list:
         return []
     objects = []
     for name, node in group.items():
+        if node is None:  # switched off with `callbacks.<name>=null`
+            continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"{kind} '{name}': a config with _target_ expected, got {node!r}")
         objects.append(hydra.utils.instantiate(node))

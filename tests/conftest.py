@@ -1,0 +1,49 @@
+"""Shared fixtures: a small synthetic shard set and the real Hydra configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tora.data.synthetic import GeneratorConfig, WorldConfig, generate_split
+from tora.train import resolved
+from tora.utils.config import CONFIG_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> Path:
+    """8 train + 4 val synthetic clips at the default 64² x 17 frames."""
+    out = tmp_path_factory.mktemp("synthetic")
+    config = GeneratorConfig(world=WorldConfig(), seed=123, num_train=8, num_val=4, shard_maxcount=4)
+    generate_split(config, "train", out)
+    generate_split(config, "val", out)
+    return out
+
+
+def compose_train(
+    overrides: list[str], run_dir: Path, shards: Path | None = None, checkpoint_dir: Path | None = None
+) -> DictConfig:
+    """``configs/train.yaml`` through ``hydra.compose`` with test-sized data and
+    every output under ``run_dir``; resolved as ``tora.train`` resolves it."""
+    test_overrides = [
+        f"paths.log_dir={run_dir}/logs",
+        f"paths.output_dir={run_dir}/run",
+        f"paths.checkpoint_dir={checkpoint_dir or run_dir / 'checkpoints'}",
+        "extras.print_config=false",
+        "data.num_workers=0",
+    ]
+    if shards is not None:
+        test_overrides += [
+            f"data.train_shards={shards}/train-*.tar",
+            f"data.val_shards={shards}/val-*.tar",
+        ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=test_overrides + overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        return resolved(cfg)

@@ -1,0 +1,229 @@
+"""Every training stage through the real configs: the stage chain, trainable
+sets, identity at initialisation, sweeps, DDP on CPU, resume, DeepSpeed configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from conftest import compose_train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tora.train import instantiate_module, train
+from tora.training.checkpoints import read_state_dict
+
+SHORT = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+]
+STAGES = ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]
+FUSERS = ["adaptive_norm", "channel_concat", "cross_attn"]
+NO_PREREQUISITES = ["model.vae_checkpoint=null", "model.init_checkpoint=null", "model.motion_encoder.checkpoint=null"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, synthetic_shards) -> Path:
+    """Run the five stages (2 steps each), each reading the previous stages'
+    exported checkpoints as the Makefile chains them; returns the checkpoint dir."""
+    run_dir = tmp_path_factory.mktemp("chain")
+    checkpoints = run_dir / "checkpoints"
+    for stage in STAGES:
+        cfg = compose_train(
+            [f"experiment={stage}", f"export_checkpoint={checkpoints}/{stage}.ckpt", *SHORT],
+            run_dir / stage,
+            synthetic_shards,
+            checkpoint_dir=checkpoints,
+        )
+        if stage == "stage1_flow":
+            cfg.export_checkpoint = str(checkpoints / "stage1.ckpt")
+        train(cfg)
+    return checkpoints
+
+
+def build_module(overrides: list[str], tmp_path: Path):
+    cfg = compose_train(overrides, tmp_path)
+    return instantiate_module(cfg.model)
+
+
+def test_chain_exports_every_stage(chain):
+    for name in ["video_vae", "base_t2v", "motion_vae", "stage1", "stage2_traj"]:
+        assert (chain / f"{name}.ckpt").is_file(), name
+    video_vae = read_state_dict(chain / "video_vae.ckpt")
+    # The VAE stage fits the latent normalisation the diffusion stages see.
+    assert not torch.equal(video_vae["vae.latent_scale"], torch.ones(4))
+    stage1 = read_state_dict(chain / "stage1.ckpt")
+    base = read_state_dict(chain / "base_t2v.ckpt")
+    # Stage 1 trains temporal blocks and motion modules, never the spatial blocks.
+    key = "model.backbone.spatial_blocks.0.attn.qkv.weight"
+    assert torch.equal(stage1[key], base[key])
+    temporal = "model.backbone.temporal_blocks.0.mlp.fc1.weight"
+    assert not torch.equal(stage1[temporal], base[temporal])
+    assert any(k.startswith("model.motion_guidance.") for k in stage1)
+    stage2 = read_state_dict(chain / "stage2_traj.ckpt")
+    fuser_key = next(k for k in stage1 if k.startswith("model.motion_guidance.fusers."))
+    assert not torch.equal(stage2[fuser_key], stage1[fuser_key])
+
+
+def test_chain_logs_to_tensorboard(chain):
+    event_files = list((chain.parent / "stage1_flow" / "logs").rglob("events.out.tfevents.*"))
+    assert event_files
+    accumulator = EventAccumulator(str(event_files[0].parent))
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "train/grad_norm"} <= scalars
+    assert any(tag.startswith("params/") for tag in scalars)
+    images = set(accumulator.Tags()["images"])
+    assert {"val/samples", "train/motion_rgb"} <= images
+
+
+@pytest.mark.parametrize(
+    ("experiment", "trainable", "expected"),
+    [
+        ("base_t2v", "full", {"model.backbone.spatial_blocks", "model.backbone.temporal_blocks", "text_encoder"}),
+        ("stage1_flow", "temporal", {"model.backbone.temporal_blocks", "model.motion_guidance"}),
+        ("stage1_flow", "tora_modules", {"model.motion_guidance"}),
+    ],
+)
+def test_trainable_sets(tmp_path, experiment, trainable, expected):
+    module = build_module([f"experiment={experiment}", f"model.trainable={trainable}", *NO_PREREQUISITES], tmp_path)
+    trainable_names = {n for n, p in module.named_parameters() if p.requires_grad}
+    for prefix in expected:
+        assert any(n.startswith(prefix) for n in trainable_names), prefix
+    allowed = tuple(expected) + ("model.backbone.",) * (trainable == "full")
+    assert all(n.startswith(allowed) for n in trainable_names)
+    assert not any(n.startswith(("vae.", "motion_encoder.")) for n in trainable_names)
+    assert not any(n.endswith("rope.freqs") for n in trainable_names)
+
+
+@pytest.mark.parametrize("fuser", FUSERS)
+@pytest.mark.parametrize("placement", ["temporal", "both"])
+def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):
+    module = build_module(
+        ["experiment=stage1_flow", f"model/fuser={fuser}", f"model.fuser.placement={placement}", *NO_PREREQUISITES],
+        tmp_path,
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():  # a "trained" base: temporal blocks no longer zero
+        for param in module.model.backbone.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    x = torch.randn(2, 4, 5, 8, 8)
+    motion = torch.randn(2, 4, 5, 8, 8)
+    y, mask = module.encode_text(["a red circle moves right", "a blue square"])
+    t = torch.tensor([300.0, 700.0])
+    module.eval()
+    with torch.no_grad():
+        base = module.model(x, t, y, mask=mask)
+        tora = module.model(x, t, y, mask=mask, motion_latents=motion)
+    assert torch.equal(base, tora)
+    with torch.no_grad():  # and the motion path is live once the fusers move
+        for param in module.model.motion_guidance.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+        moved = module.model(x, t, y, mask=mask, motion_latents=motion)
+    assert not torch.allclose(base, moved)
+
+
+def test_deepspeed_configs_instantiate_their_strategy(tmp_path):
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    expected = {
+        "deepspeed_zero1": (1, False, False),
+        "deepspeed_zero2": (2, False, False),
+        "deepspeed_zero3": (3, False, False),
+        "deepspeed_zero2_offload": (2, True, False),
+        "deepspeed_zero3_offload": (3, True, True),
+    }
+    for name, (stage, offload_optimizer, offload_parameters) in expected.items():
+        cfg = compose_train([f"trainer={name}"], tmp_path)
+        strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+        assert isinstance(strategy, DeepSpeedStrategy)
+        zero = strategy.config["zero_optimization"]
+        assert zero["stage"] == stage
+        assert ("offload_optimizer" in zero) == offload_optimizer, name
+        assert ("offload_param" in zero) == offload_parameters, name
+
+
+def test_resume_continues_step_count_and_optimizer_state(tmp_path, chain, synthetic_shards):
+    common = ["experiment=stage1_flow", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
+    first = compose_train([*common, "trainer.max_steps=2"], tmp_path / "a", synthetic_shards, chain)
+    train(first)
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+    second = compose_train(
+        [*common, "trainer.max_steps=4", f"ckpt_path={last}"], tmp_path / "b", synthetic_shards, chain
+    )
+    train(second)
+    resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 4
+    steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
+    assert all(float(step) == 4 for step in steps)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "tora.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def cli_overrides(tmp_path: Path, shards: Path, checkpoints: Path) -> list[str]:
+    return [
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.checkpoint_dir={checkpoints}",
+        f"data.train_shards={shards}/train-*.tar",
+        f"data.val_shards={shards}/val-*.tar",
+        "data.num_workers=0",
+        "extras.print_config=false",
+        "callbacks.progress_bar=null",
+    ]
+
+
+def test_fuser_sweep_multirun(tmp_path, chain, synthetic_shards):
+    sweep_dir = tmp_path / "sweep"
+    run_cli(
+        [
+            "-m",
+            "experiment=stage1_flow",
+            f"model/fuser={','.join(FUSERS)}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *SHORT,
+            *cli_overrides(tmp_path, synthetic_shards, chain),
+        ],
+        cwd=tmp_path,
+    )
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / "checkpoints" / "last.ckpt").exists())
+    assert len(runs) == 3, runs
+    swept = {
+        line.split("=")[1].strip()
+        for run in runs
+        for line in (run / ".hydra" / "overrides.yaml").read_text().splitlines()
+        if "model/fuser=" in line
+    }
+    assert swept == set(FUSERS)
+
+
+def test_stage1_ddp_on_two_cpu_processes(tmp_path, chain, synthetic_shards):
+    result = run_cli(
+        [
+            "experiment=stage1_flow",
+            "trainer=ddp_sim",
+            *SHORT,
+            f"hydra.run.dir={tmp_path}/run",
+            f"export_checkpoint={tmp_path}/ddp.ckpt",
+            *cli_overrides(tmp_path, synthetic_shards, chain),
+        ],
+        cwd=tmp_path,
+    )
+    exported = torch.load(tmp_path / "ddp.ckpt", map_location="cpu", weights_only=False)
+    assert exported["global_step"] == 2, result.stdout[-2000:]
