@@ -51,6 +51,33 @@ $(CKPT)/stage1.ckpt:
 train-stage2: $(CKPT)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
 	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT)/stage2.ckpt $(ARGS)
 
+# Ablation sweeps (Hydra multirun): the runs of one sweep sit side by side under
+# logs/<task>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml.
+ABLATION_PREREQS := $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt
+
+ablate-fusion: $(ABLATION_PREREQS) ## Sweep the three fusers (adaptive norm, channel concat, cross-attention)
+	$(PY) -m tora.train -m experiment=ablation task_name=ablate_fusion \
+		model/fuser=adaptive_norm,channel_concat,cross_attn $(ARGS)
+
+ablate-compression: $(ABLATION_PREREQS) ## Sweep the four motion encoders (motion VAE, video VAE, avg pool, frame sampling)
+	$(PY) -m tora.train -m experiment=ablation task_name=ablate_compression \
+		model/motion_encoder=motion_vae,video_vae,avg_pool,frame_sampling $(ARGS)
+
+ablate-training: $(ABLATION_PREREQS) ## Sweep the training recipe (dense only, sparse only, two-stage)
+	$(PY) -m tora.train -m experiment=ablation task_name=ablate_training \
+		model.motion_source.kind=dense,sparse,two_stage $(ARGS)
+
+# Checkpoint conversion: a DeepSpeed directory or .ckpt -> one .safetensors, and
+# the small shareable file with only the Tora modules. CKPT_IN=<path> OUT=<file>
+convert: $(INSTALLED) ## Convert CKPT_IN (DeepSpeed dir or .ckpt) to OUT (.safetensors)
+	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(OUT)
+
+convert-tora-modules: $(INSTALLED) ## Write only the Tora modules of CKPT_IN to OUT (.safetensors)
+	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(OUT) --tora-modules-only
+
+bench: $(INSTALLED) ## Benchmark stage-1 training steps (writes bench/latest.json)
+	$(PY) -m tora.bench $(ARGS)
+
 tensorboard: $(INSTALLED) ## Serve TensorBoard over logs/
 	$(VENV)/bin/tensorboard --logdir logs --bind_all
 
@@ -72,4 +99,6 @@ clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
 	rm -rf logs outputs checkpoints data .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 tensorboard test test-all lint format clean
+.PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
+	ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
+	tensorboard test test-all lint format clean

@@ -21,6 +21,7 @@ the backward is counted once (``executed_flops`` includes it).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import resource
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,12 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from tora.train import resolved
 from tora.training.diffusion_module import VideoDiffusionModule
 from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.run import parameter_counts
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("32", "bf16")
+# Training precision -> the dtype of the matmul peak it is compared with.
+PRECISION_DTYPES = {"32": torch.float32, "bf16": torch.bfloat16}
 
 # torch's counter has no formula for its CPU attention kernels (they count as 0);
 # these are the formulas of the CUDA kernels.
@@ -345,8 +348,8 @@ def wants_xl_row(setting: bool | str, device: torch.device) -> bool:
 
 def check_precision(precision: Any, name: str) -> str:
     precision = str(precision)
-    if precision not in PRECISIONS:
-        raise ValueError(f"{name}: one of {PRECISIONS} expected, got {precision!r}")
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"{name}: one of {tuple(PRECISION_DTYPES)} expected, got {precision!r}")
     return precision
 
 
@@ -362,29 +365,59 @@ def main_shape(cfg: DictConfig, train_cfg: DictConfig) -> ClipShape:
     )
 
 
+def release_memory(device: torch.device) -> None:
+    """Free a dropped module (the LightningModule holds a reference cycle) before the next."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def xl_benchmark(
+    cfg: DictConfig, overrides: list[str], device: torch.device, row_args: dict
+) -> dict[str, Any]:
+    """The XL/2 stage-1 row; a device too small for it gives a row with the error."""
+    xl_cfg = compose_train_config(
+        cfg.train.experiment, [*overrides, *cfg.xl.overrides], Path(cfg.output).parent
+    )
+    shape = ClipShape(cfg.xl.batch_size, cfg.xl.num_frames, *cfg.xl.resolution)
+    try:
+        module, optimizer = build_module(xl_cfg, device)
+        return measure(
+            module, optimizer, shape, warmup_steps=cfg.warmup_steps, steps=cfg.steps, **row_args
+        )
+    except torch.OutOfMemoryError as error:
+        log.warning("XL/2 row: out of memory on %s: %s", device, error)
+        return {
+            **asdict(shape),
+            "precision": row_args["precision"],
+            "error": f"out of memory: {error}",
+        }
+
+
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured benchmark, print the tables, write ``cfg.output``; return the results."""
     device = resolve_device(cfg.device)
     precision = check_precision(cfg.precision, "bench.precision")
+    xl_precision = check_precision(cfg.xl.precision, "bench.xl.precision")
     run_xl = wants_xl_row(cfg.xl_row, device)
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    peak_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak_size = cfg.peak_matmul_size or (8192 if device.type == "cuda" else 2048)
-    peak = matmul_peak(device, peak_dtype, peak_size)
+    peaks = {
+        name: matmul_peak(device, PRECISION_DTYPES[name], peak_size)
+        for name in {precision, *([xl_precision] if run_xl else [])}
+    }
 
-    null_checkpoints = [f"++{key}=null" for key in cfg.train.null_checkpoints]
-    train_cfg = compose_train_config(
-        cfg.train.experiment, [*null_checkpoints, *cfg.train.overrides], output.parent
-    )
+    overrides = [*(f"++{key}=null" for key in cfg.train.null_checkpoints), *cfg.train.overrides]
+    train_cfg = compose_train_config(cfg.train.experiment, overrides, output.parent)
     module, optimizer = build_module(train_cfg, device)
     shape = main_shape(cfg, train_cfg)
     row_args = dict(
         precision=precision,
-        peak_flops_per_s=peak,
+        peak_flops_per_s=peaks[precision],
         max_tracks=train_cfg.data.max_tracks,
         generator=generator,
     )
@@ -395,56 +428,37 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         measure(
             module,
             optimizer,
-            ClipShape(shape.batch_size, num_frames, shape.height, shape.width),
+            replace(shape, num_frames=num_frames),
             warmup_steps=1,
             steps=cfg.sweep_steps,
             **row_args,
         )
         for num_frames in cfg.frame_sweep
     ]
-    parameters = {
-        "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "total": sum(p.numel() for p in module.parameters()),
-    }
+    parameters = parameter_counts(module)
     del module, optimizer
+    release_memory(device)
 
     data = {"status": "skipped (datamodule_batches=0)"}
     if cfg.datamodule_batches > 0:
         data = datamodule_throughput(train_cfg.data, cfg.datamodule_batches)
-
-    xl_row = None
-    if run_xl:
-        xl_precision = check_precision(cfg.xl.precision, "bench.xl.precision")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        xl_cfg = compose_train_config(
-            cfg.train.experiment, [*null_checkpoints, *cfg.train.overrides, *cfg.xl.overrides], output.parent
-        )
-        xl_module, xl_optimizer = build_module(xl_cfg, device)
-        xl_row = measure(
-            xl_module,
-            xl_optimizer,
-            ClipShape(cfg.xl.batch_size, cfg.xl.num_frames, *cfg.xl.resolution),
-            warmup_steps=cfg.warmup_steps,
-            steps=cfg.steps,
-            **{**row_args, "precision": xl_precision},
-        )
-        del xl_module, xl_optimizer
+    xl_args = {**row_args, "precision": xl_precision, "peak_flops_per_s": peaks.get(xl_precision)}
+    xl_row = xl_benchmark(cfg, overrides, device, xl_args) if run_xl else None
 
     result = {
         "experiment": cfg.train.experiment,
         "overrides": list(cfg.train.overrides),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "parameters": parameters,
         "peak_matmul": {
             "size": peak_size,
-            "dtype": str(peak_dtype).removeprefix("torch."),
-            "flops_per_s": peak,
+            "flops_per_s": {
+                str(PRECISION_DTYPES[name]).removeprefix("torch."): rate
+                for name, rate in peaks.items()
+            },
         },
         "main": main_row,
         "frame_sweep": sweep,
@@ -455,6 +469,12 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     print_report(result)
     log.info("bench results written to %s", output)
     return result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------- report
@@ -474,9 +494,13 @@ def row_table(title: str, rows: list[tuple[str, dict]]) -> Table:
     for column in (*columns, "FLOP/step", "FLOP/s", "of peak", "peak memory"):
         table.add_column(column, justify="left" if column == "row" else "right")
     for name, row in rows:
+        shape = f"{row['batch_size']}×{row['num_frames']}×{row['height']}×{row['width']}"
+        if "error" in row:
+            table.add_row(name, shape, f"[red]{row['error'][:80]}")
+            continue
         table.add_row(
             name,
-            f"{row['batch_size']}×{row['num_frames']}×{row['height']}×{row['width']}",
+            shape,
             f"{row['tokens_per_clip']:,}",
             f"{row['step_time_s'] * 1e3:.0f} ms",
             f"{row['clips_per_s']:.3g}",
@@ -500,6 +524,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"training step, {result['device']} ({result['device_name']}, {result['threads']} threads)"
     )
     training = row_table(title, rows)
+    peaks = ", ".join(f"{si(rate)}FLOP/s {dtype}" for dtype, rate in peak["flops_per_s"].items())
     if data["status"] == "ok":
         delivered = (
             f"{data['clips_per_s']:.3g} clips/s ({data['batches']} batches of "
@@ -509,7 +534,7 @@ def print_report(result: dict[str, Any]) -> None:
     else:
         delivered = data["status"]
     training.caption = (
-        f"peak {si(peak['flops_per_s'])}FLOP/s ({peak['size']}³ {peak['dtype']} matmul); "
+        f"peak ({peak['size']}³ matmul): {peaks}; "
         f"memory: {main['memory_kind']}; parameters: {result['parameters']['trainable']:,} "
         f"trainable of {result['parameters']['total']:,}\n"
         f"training consumes {main['clips_per_s']:.3g} clips/s; the DataModule delivers {delivered}"

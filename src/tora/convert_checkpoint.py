@@ -23,6 +23,8 @@ Two outputs:
 
 from __future__ import annotations
 
+import json
+
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,6 +189,9 @@ def convert_checkpoint(
     }
     if hyper_parameters.get("trainable"):
         metadata["trainable"] = str(hyper_parameters["trainable"])
+    if hyper_parameters:
+        # The module's constructor arguments, so a full file rebuilds its module alone.
+        metadata["hyper_parameters"] = json.dumps(hyper_parameters, default=str)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(output), metadata=metadata)
     return {

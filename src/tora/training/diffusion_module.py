@@ -28,7 +28,7 @@ from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig, draw_tracks
 from tora.training.checkpoints import load_submodule_weights, read_state_dict, select_prefix
 from tora.training.logging import log_parameter_counts, log_video_grid
-from tora.training.motion_input import MotionSourceConfig, motion_condition
+from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
 from tora.training.optim import configure_optimizers
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,13 @@ class VideoDiffusionModule(L.LightningModule):
             self.motion_rgb = MotionRGBConfig(**to_container(motion_rgb))
         self.model = Tora(STDiT3(backbone_cfg), guidance)
         self.flow = RectifiedFlow(**to_container(diffusion))
-        self.validation_cfg = {"sample_steps": 10, "cfg_scale": 4.0, "num_clips": 2, "seed": 0}
+        self.validation_cfg = {
+            "sample_steps": 10,
+            "cfg_scale": 4.0,
+            "num_clips": 2,
+            "seed": 0,
+            "image_every_n_steps": 100,
+        }
         self.validation_cfg.update(to_container(validation))
 
         if backbone_checkpoint:
@@ -164,7 +170,8 @@ class VideoDiffusionModule(L.LightningModule):
         """Flow-RGB condition and its latents (empty for the base model)."""
         if self.model.motion_guidance is None:
             return {}
-        condition = motion_condition(batch, self.motion_source, self.motion_rgb, generator)
+        source = at_step(self.motion_source, self.global_step)
+        condition = motion_condition(batch, source, self.motion_rgb, generator)
         with torch.no_grad():
             condition["motion_latents"] = self.motion_encoder.encode(condition["motion_rgb"])
         return condition
@@ -200,7 +207,7 @@ class VideoDiffusionModule(L.LightningModule):
                     losses[chosen].mean(),
                     batch_size=int(chosen.sum()),
                 )
-        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0 and "motion_rgb" in out["motion"]:
+        if self.global_step % self.validation_cfg["image_every_n_steps"] == 0 and "motion_rgb" in out["motion"]:
             log_video_grid(self, "train/motion_rgb", [batch["video"][:2], out["motion"]["motion_rgb"][:2]])
         return loss
 

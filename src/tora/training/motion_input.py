@@ -3,7 +3,7 @@ stage 2, sampling and evaluation (one path, one normalisation)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,8 +21,10 @@ class MotionSourceConfig:
     """Where the motion condition of a training clip comes from.
 
     ``kind``: ``dense`` (stage 1: the clip's optical flow), ``sparse`` (stage 2:
-    1..``max_tracks`` tracks), or ``mixed`` (motion VAE: dense or sparse with
-    probability ``dense_probability`` per clip).
+    1..``max_tracks`` tracks), ``mixed`` (motion VAE: dense or sparse with
+    probability ``dense_probability`` per clip), or ``two_stage`` (dense for the
+    first ``dense_steps`` optimiser steps, then sparse: the paper's two-stage
+    recipe in one run, used by the training ablation).
     ``sparse_from``: ``flow`` samples tracks where motion is strong and chains
     them through the flow (the Tora port); ``tracks`` uses the clip's stored
     tracks (exact object tracks for the synthetic world), a random subset of
@@ -36,9 +38,10 @@ class MotionSourceConfig:
     grid_stride: int = 8
     dense_probability: float = 0.5
     smooth_dense: bool = False
+    dense_steps: int = 0
 
 
-KINDS = ("dense", "sparse", "mixed")
+KINDS = ("dense", "sparse", "mixed", "two_stage")
 SPARSE_SOURCES = ("flow", "tracks")
 
 
@@ -49,6 +52,13 @@ def validate_source(source: MotionSourceConfig) -> None:
         raise ValueError(
             f"motion source sparse_from {source.sparse_from!r}: one of {SPARSE_SOURCES} expected"
         )
+
+
+def at_step(source: MotionSourceConfig, step: int) -> MotionSourceConfig:
+    """The source in force at optimiser step ``step`` (resolves ``two_stage``)."""
+    if source.kind != "two_stage":
+        return source
+    return replace(source, kind="dense" if step < source.dense_steps else "sparse")
 
 
 def choose_tracks(
@@ -84,6 +94,15 @@ def choose_tracks(
     return tracks, mask
 
 
+def tracks_to_motion_rgb(
+    tracks: torch.Tensor, track_mask: torch.Tensor | None, height: int, width: int, rgb: MotionRGBConfig
+) -> torch.Tensor:
+    """Sparse tracks ``[B, N, T, 2]`` -> smoothed flow-RGB ``[B, 3, T, H, W]`` (training
+    and inference use this one path)."""
+    maps = tracks_to_displacement_map(tracks, height, width, track_mask=track_mask)
+    return motion_maps_to_rgb(maps, rgb, smooth=True)
+
+
 def motion_condition(
     batch: dict,
     source: MotionSourceConfig,
@@ -97,6 +116,8 @@ def motion_condition(
     False for dense clips).
     """
     validate_source(source)
+    if source.kind == "two_stage":
+        raise ValueError("motion source kind 'two_stage': resolve it with at_step(source, step) first")
     flow = batch["flow"].float()
     batch_size, _, height, width, _ = flow.shape
     if source.kind == "dense":
@@ -108,10 +129,8 @@ def motion_condition(
 
     tracks, track_mask = choose_tracks(batch, source, generator)
     track_mask = track_mask & ~use_dense.to(track_mask.device)[:, None]
-    sparse_maps = tracks_to_displacement_map(tracks, height, width, track_mask=track_mask)
-    dense_maps = flow_to_displacement_map(flow)
-    dense_rgb = motion_maps_to_rgb(dense_maps, rgb, smooth=source.smooth_dense)
-    sparse_rgb = motion_maps_to_rgb(sparse_maps, rgb, smooth=True)
+    sparse_rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, rgb)
+    dense_rgb = motion_maps_to_rgb(flow_to_displacement_map(flow), rgb, smooth=source.smooth_dense)
     choose = use_dense.to(flow.device)[:, None, None, None, None]
     return {
         "motion_rgb": torch.where(choose, dense_rgb, sparse_rgb),
