@@ -78,6 +78,15 @@ convert-tora-modules: $(INSTALLED) ## Write only the Tora modules of CKPT_IN to 
 bench: $(INSTALLED) ## Benchmark stage-1 training steps (writes bench/latest.json)
 	$(PY) -m tora.bench $(ARGS)
 
+# Your own videos -> training shards (tora.data.prepare): SRC=<video folder>, OUT=<shard
+# folder> (default data/prepared), settings in configs/prepare_data.yaml via ARGS.
+# Reruns skip the videos already done. Train on them with data=shards (see README).
+prepare-data: $(INSTALLED) ## Prepare the videos under SRC as training shards in OUT
+	@test -n "$(SRC)" || { echo "usage: make prepare-data SRC=<video folder> [OUT=<shard folder>] [ARGS=...]"; exit 2; }
+	$(PY) -m tora.prepare_data src=$(SRC) $(if $(OUT),out=$(OUT)) $(ARGS)
+
+.PHONY: prepare-data
+
 tensorboard: $(INSTALLED) ## Serve TensorBoard over logs/
 	$(VENV)/bin/tensorboard --logdir logs --bind_all
 

@@ -11,22 +11,35 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tora.data.synthetic import GeneratorConfig, WorldConfig, generate_split
-from tora.train import resolved
+from tora.train import resolved, train
 from tora.utils.config import CONFIG_DIR
+
+SHORT = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+]
+STAGES = ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]
 
 
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory) -> Path:
     """8 train + 4 val synthetic clips at the default 64² x 17 frames."""
     out = tmp_path_factory.mktemp("synthetic")
-    config = GeneratorConfig(world=WorldConfig(), seed=123, num_train=8, num_val=4, shard_maxcount=4)
+    config = GeneratorConfig(
+        world=WorldConfig(), seed=123, num_train=8, num_val=4, shard_maxcount=4
+    )
     generate_split(config, "train", out)
     generate_split(config, "val", out)
     return out
 
 
 def compose_train(
-    overrides: list[str], run_dir: Path, shards: Path | None = None, checkpoint_dir: Path | None = None
+    overrides: list[str],
+    run_dir: Path,
+    shards: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> DictConfig:
     """``configs/train.yaml`` through ``hydra.compose`` with test-sized data and
     every output under ``run_dir``; resolved as ``tora.train`` resolves it."""
@@ -47,3 +60,22 @@ def compose_train(
         cfg = compose("train", overrides=test_overrides + overrides, return_hydra_config=True)
         HydraConfig().set_config(cfg)
         return resolved(cfg)
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory, synthetic_shards) -> Path:
+    """Run the five stages (2 steps each), each reading the previous stages'
+    exported checkpoints as the Makefile chains them; returns the checkpoint dir."""
+    run_dir = tmp_path_factory.mktemp("chain")
+    checkpoints = run_dir / "checkpoints"
+    for stage in STAGES:
+        cfg = compose_train(
+            [f"experiment={stage}", f"export_checkpoint={checkpoints}/{stage}.ckpt", *SHORT],
+            run_dir / stage,
+            synthetic_shards,
+            checkpoint_dir=checkpoints,
+        )
+        if stage == "stage1_flow":
+            cfg.export_checkpoint = str(checkpoints / "stage1.ckpt")
+        train(cfg)
+    return checkpoints

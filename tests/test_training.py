@@ -10,40 +10,18 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from conftest import compose_train
+from conftest import SHORT, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tora.train import instantiate_module, train
 from tora.training.checkpoints import read_state_dict
 
-SHORT = [
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-]
-STAGES = ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]
 FUSERS = ["adaptive_norm", "channel_concat", "cross_attn"]
-NO_PREREQUISITES = ["model.vae_checkpoint=null", "model.init_checkpoint=null", "model.motion_encoder.checkpoint=null"]
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory, synthetic_shards) -> Path:
-    """Run the five stages (2 steps each), each reading the previous stages'
-    exported checkpoints as the Makefile chains them; returns the checkpoint dir."""
-    run_dir = tmp_path_factory.mktemp("chain")
-    checkpoints = run_dir / "checkpoints"
-    for stage in STAGES:
-        cfg = compose_train(
-            [f"experiment={stage}", f"export_checkpoint={checkpoints}/{stage}.ckpt", *SHORT],
-            run_dir / stage,
-            synthetic_shards,
-            checkpoint_dir=checkpoints,
-        )
-        if stage == "stage1_flow":
-            cfg.export_checkpoint = str(checkpoints / "stage1.ckpt")
-        train(cfg)
-    return checkpoints
+NO_PREREQUISITES = [
+    "model.vae_checkpoint=null",
+    "model.init_checkpoint=null",
+    "model.motion_encoder.checkpoint=null",
+]
 
 
 def build_module(overrides: list[str], tmp_path: Path):
@@ -85,13 +63,19 @@ def test_chain_logs_to_tensorboard(chain):
 @pytest.mark.parametrize(
     ("experiment", "trainable", "expected"),
     [
-        ("base_t2v", "full", {"model.backbone.spatial_blocks", "model.backbone.temporal_blocks", "text_encoder"}),
+        (
+            "base_t2v",
+            "full",
+            {"model.backbone.spatial_blocks", "model.backbone.temporal_blocks", "text_encoder"},
+        ),
         ("stage1_flow", "temporal", {"model.backbone.temporal_blocks", "model.motion_guidance"}),
         ("stage1_flow", "tora_modules", {"model.motion_guidance"}),
     ],
 )
 def test_trainable_sets(tmp_path, experiment, trainable, expected):
-    module = build_module([f"experiment={experiment}", f"model.trainable={trainable}", *NO_PREREQUISITES], tmp_path)
+    module = build_module(
+        [f"experiment={experiment}", f"model.trainable={trainable}", *NO_PREREQUISITES], tmp_path
+    )
     trainable_names = {n for n, p in module.named_parameters() if p.requires_grad}
     for prefix in expected:
         assert any(n.startswith(prefix) for n in trainable_names), prefix
@@ -105,7 +89,12 @@ def test_trainable_sets(tmp_path, experiment, trainable, expected):
 @pytest.mark.parametrize("placement", ["temporal", "both"])
 def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):
     module = build_module(
-        ["experiment=stage1_flow", f"model/fuser={fuser}", f"model.fuser.placement={placement}", *NO_PREREQUISITES],
+        [
+            "experiment=stage1_flow",
+            f"model/fuser={fuser}",
+            f"model.fuser.placement={placement}",
+            *NO_PREREQUISITES,
+        ],
         tmp_path,
     )
     torch.manual_seed(0)
@@ -149,17 +138,26 @@ def test_deepspeed_configs_instantiate_their_strategy(tmp_path):
 
 
 def test_resume_continues_step_count_and_optimizer_state(tmp_path, chain, synthetic_shards):
-    common = ["experiment=stage1_flow", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
+    common = [
+        "experiment=stage1_flow",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+    ]
     first = compose_train([*common, "trainer.max_steps=2"], tmp_path / "a", synthetic_shards, chain)
     train(first)
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2
     second = compose_train(
-        [*common, "trainer.max_steps=4", f"ckpt_path={last}"], tmp_path / "b", synthetic_shards, chain
+        [*common, "trainer.max_steps=4", f"ckpt_path={last}"],
+        tmp_path / "b",
+        synthetic_shards,
+        chain,
     )
     train(second)
-    resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = torch.load(
+        tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert resumed["global_step"] == 4
     steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
     assert all(float(step) == 4 for step in steps)

@@ -11,7 +11,7 @@ W/16`` per clip), FLOPs per step (``torch.utils.flop_counter``, forward +
 backward of one step), the achieved FLOP/s as a fraction of a square-matmul
 peak measured in the same process, and peak memory. Rows: the main shape, the
 main shape at other clip lengths (``frame_sweep``) and, on CUDA, OpenSora's
-XL/2 stage 1 (49 x 240 x 424, bf16, activation checkpointing). The DataModule's
+XL/2 stage 1 (49 x 240 x 432, bf16, activation checkpointing). The DataModule's
 clip rate is measured next to the rate training consumes. Everything goes to
 the JSON file ``output``.
 
@@ -54,11 +54,10 @@ log = logging.getLogger(__name__)
 # Training precision -> the dtype of the matmul peak it is compared with.
 PRECISION_DTYPES = {"32": torch.float32, "bf16": torch.bfloat16}
 
-# torch's counter has no formula for its CPU attention kernels (they count as 0);
-# these are the formulas of the CUDA kernels.
-
 
 def cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """torch's counter has no formula for its CPU attention kernels (they would count
+    0 FLOPs); these two are the formulas of its CUDA kernels."""
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -77,6 +76,8 @@ CAPTION = "a red circle moves from the left to the right on a striped background
 
 @dataclass
 class ClipShape:
+    """A batch of clips ``[batch_size, 3, num_frames, height, width]``."""
+
     batch_size: int
     num_frames: int
     height: int
@@ -119,7 +120,7 @@ def build_module(
 def random_batch(
     shape: ClipShape, max_tracks: int, fps: float, generator: torch.Generator, device: torch.device
 ) -> dict[str, Any]:
-    """A batch of the DataModule's contract filled with noise (values do not change the cost)."""
+    """A batch of the DataModule's contract filled with noise: shapes, not values, set the cost."""
     b, t, h, w = shape.batch_size, shape.num_frames, shape.height, shape.width
     scale = torch.tensor([w - 1, h - 1], dtype=torch.float32)
     batch = {

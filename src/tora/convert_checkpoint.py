@@ -23,9 +23,8 @@ Two outputs:
 
 from __future__ import annotations
 
-import json
-
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

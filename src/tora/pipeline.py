@@ -41,7 +41,9 @@ def checkpoint_hyper_parameters(path: Path) -> dict:
         return json.loads(metadata["hyper_parameters"])
     payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if "hyper_parameters" not in payload:
-        raise ValueError(f"checkpoint {path}: a Lightning checkpoint with hyper_parameters expected")
+        raise ValueError(
+            f"checkpoint {path}: a Lightning checkpoint with hyper_parameters expected"
+        )
     return dict(payload["hyper_parameters"])
 
 
@@ -92,7 +94,9 @@ class ToraPipeline:
     def uses_motion(self) -> bool:
         return self.module.model.motion_guidance is not None
 
-    def check_request(self, request: GenerationRequest, num_frames: int, height: int, width: int) -> None:
+    def check_request(
+        self, request: GenerationRequest, num_frames: int, height: int, width: int
+    ) -> None:
         vae = self.module.vae
         vae.latent_shape(num_frames, height, width)  # raises naming the bad size
         if request.tracks is None:
@@ -139,7 +143,9 @@ class ToraPipeline:
         latent_frames, latent_h, latent_w = module.vae.latent_shape(num_frames, height, width)
         channels = module.vae.latent_shift.shape[0]
         generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(batch, channels, latent_frames, latent_h, latent_w, generator=generator).to(device)
+        noise = torch.randn(
+            batch, channels, latent_frames, latent_h, latent_w, generator=generator
+        ).to(device)
 
         extra = {"fps": torch.full((batch,), float(fps), device=device)}
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
@@ -162,7 +168,11 @@ class ToraPipeline:
             progress=progress,
         )
         video = module.vae.decode_latents(latents).clamp(-1, 1)
-        return ((video.permute(0, 2, 3, 4, 1).float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        return (
+            ((video.permute(0, 2, 3, 4, 1).float().cpu().numpy() + 1) * 127.5)
+            .round()
+            .astype(np.uint8)
+        )
 
     def motion_latents(self, requests, num_frames, height, width) -> torch.Tensor:
         """Tracks -> flow-RGB -> motion latents, as in training (padded, masked)."""
@@ -181,7 +191,9 @@ class ToraPipeline:
         images = []
         for request in requests:
             if request.image is None:
-                raise ValueError("image-to-video: give an image for every prompt of a batch, or none")
+                raise ValueError(
+                    "image-to-video: give an image for every prompt of a batch, or none"
+                )
             images.append(torch.from_numpy(request.image).permute(2, 0, 1).float() / 127.5 - 1)
         first = torch.stack(images)[:, :, None].to(self.device)  # [B, 3, 1, H, W]
         x_given = noise.clone()

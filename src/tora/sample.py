@@ -47,7 +47,11 @@ def read_image(path: str | None, height: int, width: int) -> np.ndarray | None:
         raise FileNotFoundError(f"image {path}: not found or not a readable PNG/JPG")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     scale = max(height / image.shape[0], width / image.shape[1])
-    resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(
+        image,
+        (round(image.shape[1] * scale), round(image.shape[0] * scale)),
+        interpolation=cv2.INTER_AREA,
+    )
     top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
     return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
@@ -64,11 +68,17 @@ def save_video(path: Path, frames: np.ndarray, fps: float) -> None:
 def sample(cfg: DictConfig) -> list[Path]:
     """Generate every prompt of ``cfg``; returns the written mp4 paths."""
     height, width = cfg.resolution
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
-    tracks = load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
+    tracks = (
+        load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
+    )
     if tracks is not None and not pipeline.uses_motion:
-        log.warning("checkpoint %s has no motion guidance: the tracks are drawn but not used", cfg.ckpt)
+        log.warning(
+            "checkpoint %s has no motion guidance: the tracks are drawn but not used", cfg.ckpt
+        )
     image = read_image(cfg.get("image"), height, width)
     prompts = read_prompts(cfg)
     out_dir = Path(cfg.out_dir)
@@ -79,8 +89,14 @@ def sample(cfg: DictConfig) -> list[Path]:
         chunk = prompts[start : start + cfg.batch_size]
         requests = [GenerationRequest(p, tracks, cfg.get("negative_prompt"), image) for p in chunk]
         videos = pipeline.generate(
-            requests, cfg.num_frames, height, width, steps=cfg.steps, cfg_scale=cfg.cfg_scale,
-            seed=cfg.seed + start, fps=cfg.fps,
+            requests,
+            cfg.num_frames,
+            height,
+            width,
+            steps=cfg.steps,
+            cfg_scale=cfg.cfg_scale,
+            seed=cfg.seed + start,
+            fps=cfg.fps,
         )
         for offset, (prompt, video) in enumerate(zip(chunk, videos, strict=True)):
             name = slug(prompt, start + offset)

@@ -9,7 +9,7 @@ ports: 16 frames, the short side bilinearly resized to 224, a centre crop to
 
 The matrix square root needs no scipy: ``tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2)``,
 and both square roots are of symmetric PSD matrices, so two float64
-eigendecompositions do it, with tiny negative eigenvalues (rounding) clipped to 0.
+eigendecompositions do it, with rounding-noise eigenvalues (tiny, maybe negative) set to 0.
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ from tora.metrics.base import MetricUnavailable, VideoLike, as_video_batch
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _symmetric_eigenvalues_and_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigendecomposition of the symmetric part, eigenvalues clipped at 0 (PSD by construction)."""
+def _psd_eigendecomposition(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of a symmetric PSD matrix (its symmetric part, float64).
+
+    Eigenvalues below the rank tolerance ``D * eps * max|eigenvalue|`` (numpy's
+    ``matrix_rank``) are rounding noise, negative or not, and become 0: a
+    rank-deficient covariance (fewer videos than feature dimensions) then gives
+    an exact 0 distance to itself instead of the sum of D square roots of noise.
+    """
     eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    return eigenvalues.clamp(min=0), eigenvectors
+    tolerance = len(eigenvalues) * torch.finfo(eigenvalues.dtype).eps * eigenvalues.abs().max()
+    return torch.where(eigenvalues > tolerance, eigenvalues, 0.0), eigenvectors
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
@@ -42,16 +49,20 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         torch.as_tensor(value).detach().cpu().to(torch.float64)
         for value in (mu1, sigma1, mu2, sigma2)
     )
-    dim = mu1.shape[-1] if mu1.ndim == 1 else -1
-    if mu1.ndim != 1 or mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+    if (
+        mu1.ndim != 1
+        or mu2.shape != mu1.shape
+        or sigma1.shape != (len(mu1), len(mu1))
+        or sigma2.shape != sigma1.shape
+    ):
         raise ValueError(
             "frechet_distance: means [D] and covariances [D, D] expected, got "
             f"mu1 {list(mu1.shape)}, sigma1 {list(sigma1.shape)}, "
             f"mu2 {list(mu2.shape)}, sigma2 {list(sigma2.shape)}"
         )
-    eigenvalues, eigenvectors = _symmetric_eigenvalues_and_vectors(sigma1)
+    eigenvalues, eigenvectors = _psd_eigendecomposition(sigma1)
     sqrt_sigma1 = eigenvectors @ torch.diag(eigenvalues.sqrt()) @ eigenvectors.T
-    middle, _ = _symmetric_eigenvalues_and_vectors(sqrt_sigma1 @ sigma2 @ sqrt_sigma1)
+    middle, _ = _psd_eigendecomposition(sqrt_sigma1 @ sigma2 @ sqrt_sigma1)
     trace_sqrt = middle.sqrt().sum()
     distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
     return float(distance)
@@ -87,7 +98,9 @@ class FeatureStatistics:
         delta = batch_mean - self._mean
         self._mean = self._mean + delta * len(features) / total
         self._scatter = (
-            self._scatter + batch_scatter + torch.outer(delta, delta) * self.count * len(features) / total
+            self._scatter
+            + batch_scatter
+            + torch.outer(delta, delta) * self.count * len(features) / total
         )
         self.count = total
         return self
@@ -219,7 +232,11 @@ class FrechetVideoDistance:
         return statistics
 
     def __call__(self, real_videos: VideoSet | FeatureStatistics, fake_videos: VideoSet) -> float:
-        real = real_videos if isinstance(real_videos, FeatureStatistics) else self.statistics(real_videos)
+        real = (
+            real_videos
+            if isinstance(real_videos, FeatureStatistics)
+            else self.statistics(real_videos)
+        )
         fake = self.statistics(fake_videos)
         return frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
 
@@ -242,7 +259,5 @@ def build_fvd(
     A configured path that does not exist is an error, not "unavailable".
     """
     if i3d_path is None:
-        return MetricUnavailable(
-            "fvd", "no I3D TorchScript configured: set eval.metrics.i3d_path"
-        )
+        return MetricUnavailable("fvd", "no I3D TorchScript configured: set eval.metrics.i3d_path")
     return FrechetVideoDistance(I3DFeatureExtractor(i3d_path, **extractor_kwargs), batch_size)

@@ -2,9 +2,9 @@
 
 Tora (arXiv 2407.21705) reports TrajError as the mean L1 distance in pixels
 between each requested track and the track recovered from the generated
-video. Like DragNUWA and the Tora code, "L1" here is the mean over points of
-the per-point **Euclidean** distance ``||p_requested - p_recovered||_2``
-(a shift of (3, 4) px is an error of 5, not 7).
+video. "L1" is read here as the mean over points of the per-point **Euclidean**
+distance ``||p_requested - p_recovered||_2``, the reading of the trajectory
+evaluations of Tora's peers (a shift of (3, 4) px is an error of 5, not 7).
 
 Tracks are ``[N, T, 2]`` (x, y) pixels of the evaluated video, x right, y down,
 pixel centres at integer coordinates; requested tracks drawn on another
@@ -187,7 +187,9 @@ class MaskCentroidTracker(Tracker):
         max_color_distance: RGB distance within which a pixel belongs to an object.
     """
 
-    def __init__(self, colors: Sequence[Sequence[float]] | np.ndarray, max_color_distance: float = 60.0):
+    def __init__(
+        self, colors: Sequence[Sequence[float]] | np.ndarray, max_color_distance: float = 60.0
+    ):
         self.colors = np.asarray(colors, dtype=np.float32)
         if self.colors.ndim != 2 or self.colors.shape[-1] != 3:
             raise ValueError(f"colors: [N, 3] RGB expected, got {list(self.colors.shape)}")
@@ -325,7 +327,9 @@ class TrajError:
 
     available = True
 
-    def __init__(self, tracker: Tracker | None = None, reference_size: tuple[int, int] | None = None):
+    def __init__(
+        self, tracker: Tracker | None = None, reference_size: tuple[int, int] | None = None
+    ):
         self.tracker = tracker or LucasKanadeTracker()
         self.reference_size = reference_size
 

@@ -113,7 +113,9 @@ class VideoDiffusionModule(L.LightningModule):
         if backbone_checkpoint:
             load_opensora_state_dict(self.model.backbone, backbone_checkpoint, strict=True)
         if init_checkpoint:
-            self.load_init_checkpoint(init_checkpoint, init_modules or ["model.backbone", "text_encoder"])
+            self.load_init_checkpoint(
+                init_checkpoint, init_modules or ["model.backbone", "text_encoder"]
+            )
         self.set_trainable(trainable, train_text_encoder)
         if compile:
             self.model.backbone.compile()
@@ -207,8 +209,13 @@ class VideoDiffusionModule(L.LightningModule):
                     losses[chosen].mean(),
                     batch_size=int(chosen.sum()),
                 )
-        if self.global_step % self.validation_cfg["image_every_n_steps"] == 0 and "motion_rgb" in out["motion"]:
-            log_video_grid(self, "train/motion_rgb", [batch["video"][:2], out["motion"]["motion_rgb"][:2]])
+        if (
+            self.global_step % self.validation_cfg["image_every_n_steps"] == 0
+            and "motion_rgb" in out["motion"]
+        ):
+            log_video_grid(
+                self, "train/motion_rgb", [batch["video"][:2], out["motion"]["motion_rgb"][:2]]
+            )
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -235,7 +242,9 @@ class VideoDiffusionModule(L.LightningModule):
         for t_value in VALIDATION_TIMESTEPS:
             t = torch.full((x0.shape[0],), t_value, device=x0.device)
             conditions = dict(y=y, mask=mask, **extra)
-            loss = self.flow.training_losses(self.model_fn, x0, conditions, t=t, noise=noise)["loss"].mean()
+            loss = self.flow.training_losses(self.model_fn, x0, conditions, t=t, noise=noise)[
+                "loss"
+            ].mean()
             self.log(f"val/loss_t{t_value}", loss, batch_size=x0.shape[0], sync_dist=True)
             losses.append(loss)
         self.log("val/loss", torch.stack(losses).mean(), batch_size=x0.shape[0], sync_dist=True)
@@ -259,7 +268,12 @@ class VideoDiffusionModule(L.LightningModule):
         n = min(self.validation_cfg["num_clips"], noise.shape[0])
         extra_n = {k: v[:n] for k, v in extra.items()}
         latents = self.sample_latents(
-            noise[:n], y[:n], mask[:n], extra_n, self.validation_cfg["sample_steps"], self.validation_cfg["cfg_scale"]
+            noise[:n],
+            y[:n],
+            mask[:n],
+            extra_n,
+            self.validation_cfg["sample_steps"],
+            self.validation_cfg["cfg_scale"],
         )
         video = self.vae.decode_latents(latents).clamp(-1, 1)
         rows = [batch["video"][:n]]
@@ -271,11 +285,15 @@ class VideoDiffusionModule(L.LightningModule):
         log_video_grid(self, "val/samples", rows)
 
     @staticmethod
-    def overlay_tracks(video: torch.Tensor, tracks: torch.Tensor, track_mask: torch.Tensor) -> torch.Tensor:
+    def overlay_tracks(
+        video: torch.Tensor, tracks: torch.Tensor, track_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Draw the requested tracks on clips ``[B, 3, T, H, W]`` in [-1, 1]."""
         drawn = []
         for clip, clip_tracks, clip_mask in zip(video, tracks, track_mask):
-            frames = ((clip.permute(1, 2, 3, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).byte()
+            frames = (
+                ((clip.permute(1, 2, 3, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).byte()
+            )
             out = draw_tracks(frames.numpy(), clip_tracks[clip_mask].cpu())
             drawn.append(torch.from_numpy(out).permute(3, 0, 1, 2).float() / 127.5 - 1)
         return torch.stack(drawn).to(video)

@@ -95,7 +95,11 @@ def choose_tracks(
 
 
 def tracks_to_motion_rgb(
-    tracks: torch.Tensor, track_mask: torch.Tensor | None, height: int, width: int, rgb: MotionRGBConfig
+    tracks: torch.Tensor,
+    track_mask: torch.Tensor | None,
+    height: int,
+    width: int,
+    rgb: MotionRGBConfig,
 ) -> torch.Tensor:
     """Sparse tracks ``[B, N, T, 2]`` -> smoothed flow-RGB ``[B, 3, T, H, W]`` (training
     and inference use this one path)."""
@@ -117,7 +121,9 @@ def motion_condition(
     """
     validate_source(source)
     if source.kind == "two_stage":
-        raise ValueError("motion source kind 'two_stage': resolve it with at_step(source, step) first")
+        raise ValueError(
+            "motion source kind 'two_stage': resolve it with at_step(source, step) first"
+        )
     flow = batch["flow"].float()
     batch_size, _, height, width, _ = flow.shape
     if source.kind == "dense":

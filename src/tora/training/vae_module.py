@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from tora.motion import MotionRGBConfig
 from tora.models.vae import CausalVAE3D
+from tora.motion import MotionRGBConfig
 from tora.training.checkpoints import load_submodule_weights
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, motion_condition
@@ -107,7 +107,12 @@ class VAEModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model_step(batch)
         for name in ("loss", "reconstruction", "kl", "psnr"):
-            self.log(f"train/{name}", out[name], prog_bar=name == "loss", batch_size=out["target"].shape[0])
+            self.log(
+                f"train/{name}",
+                out[name],
+                prog_bar=name == "loss",
+                batch_size=out["target"].shape[0],
+            )
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -1,0 +1,32 @@
+"""Real-video preparation: ``python -m tora.prepare_data src=<videos> out=<shards>``
+(``make prepare-data SRC=... OUT=...``; settings in ``configs/prepare_data.yaml``).
+
+Finds the videos under ``src``, cuts them into scenes and clips, scores and
+filters the clips, estimates their optical flow and sparse tracks, and writes
+the kept ones as shards of the one shard schema, with ``manifest.jsonl`` and
+``summary.json`` (see :mod:`tora.data.prepare.pipeline`). Reruns skip the
+videos already done.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+
+from tora.data.prepare import as_prepare_config, prepare, summary_table
+from tora.utils.config import CONFIG_DIR, register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prepare_data")
+def main(cfg: DictConfig) -> None:
+    """Prepare ``cfg.src`` into ``cfg.out`` and print the summary table."""
+    console = Console()
+    summary = prepare(as_prepare_config(cfg), console=console)
+    console.print(summary_table(summary))
+
+
+if __name__ == "__main__":
+    main()
