@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from tora.data.prepare import (
     score_motion,
 )
 from tora.data.prepare.captions import build_captioner
-from tora.data.prepare.pipeline import MANIFEST, SUMMARY
+from tora.data.prepare.pipeline import MANIFEST, SUMMARY, VideoJob, _pool_result
 from tora.data.prepare.scores import build_quality_scorer, motion_rejection
 from tora.data.prepare.timing import StageTimer
 from tora.data.schema import decode_sample
@@ -351,6 +353,17 @@ def test_changed_video_is_redone_without_duplicates(video_dir, tmp_path):
     assert (summary.videos_done, summary.videos_skipped_done) == (1, 0)
     assert len(list((tmp_path / "out").glob("*.tar"))) == 1
     assert len(read_samples(tmp_path / "out")) == 2
+
+
+def test_a_dead_worker_process_fails_its_video():
+    job = VideoJob("v.mp4", "v.mp4", "0" * 12, "train", size=1, mtime_ns=1)
+    crashed = Future()
+    crashed.set_exception(BrokenProcessPool("a worker died"))
+    result = _pool_result(crashed, job)
+    assert result.status == "failed"
+    assert result.records == [
+        {**result.records[0], "video": "v.mp4", "status": "failed", "reason": "worker_died"}
+    ]
 
 
 def test_prepared_shards_train_stage1(prepared, tmp_path):
