@@ -70,7 +70,12 @@ def test_sample_cli_writes_videos_tracks_and_config(tmp_path, chain):
 def test_sample_cli_errors_name_the_problem(tmp_path, chain, override, message):
     bad = tmp_path / "bad.txt"
     bad.write_text("10,10\n12;40\n")
-    args = [f"ckpt={chain}/stage2_traj.ckpt", "steps=1", f"out_dir={tmp_path}/out", override.format(bad=bad)]
+    args = [
+        f"ckpt={chain}/stage2_traj.ckpt",
+        "steps=1",
+        f"out_dir={tmp_path}/out",
+        override.format(bad=bad),
+    ]
     result = run_sample(args, tmp_path)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
@@ -81,7 +86,9 @@ def test_tracks_outside_the_frame_are_rejected(chain):
     tracks = torch.zeros(1, 17, 2)
     tracks[0, 5, 0] = 70.0
     with pytest.raises(ValueError, match="leave the 64x64 frame"):
-        pipeline.generate([GenerationRequest("a circle", tracks)], 17, 64, 64, steps=1, progress=False)
+        pipeline.generate(
+            [GenerationRequest("a circle", tracks)], 17, 64, 64, steps=1, progress=False
+        )
 
 
 def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain):
@@ -105,7 +112,9 @@ def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain
 def test_image_to_video_keeps_the_given_first_frame(chain):
     module = load_module(chain / "stage2_traj.ckpt")
     pipeline = ToraPipeline(module)
-    image = cv2.resize(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64))
+    image = cv2.resize(
+        np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64)
+    )
     video = pipeline.generate(
         [GenerationRequest("a red circle", None, image=image)], 17, 64, 64, steps=2, progress=False
     )

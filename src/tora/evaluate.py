@@ -14,7 +14,7 @@ import cv2
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -47,13 +47,26 @@ def held_out_clips(cfg: DictConfig) -> list[dict]:
             tracks = batch["tracks"][i][batch["track_mask"][i]][: cfg.tracks_per_clip]
             if len(tracks) == 0:
                 continue
-            video = ((batch["video"][i].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-            clips.append({"key": batch["key"][i], "caption": batch["caption"][i], "tracks": tracks, "video": video})
+            video = (
+                ((batch["video"][i].permute(1, 2, 3, 0).numpy() + 1) * 127.5)
+                .round()
+                .astype(np.uint8)
+            )
+            clips.append(
+                {
+                    "key": batch["key"][i],
+                    "caption": batch["caption"][i],
+                    "tracks": tracks,
+                    "video": video,
+                }
+            )
             if len(clips) == cfg.num_samples:
                 return clips
     if not clips:
         raise ValueError(f"data.val_shards={cfg.data.val_shards}: no validation clip with tracks")
-    log.warning("only %d held-out clips with tracks (num_samples=%d asked)", len(clips), cfg.num_samples)
+    log.warning(
+        "only %d held-out clips with tracks (num_samples=%d asked)", len(clips), cfg.num_samples
+    )
     return clips
 
 
@@ -86,7 +99,9 @@ def frame_strip(video: np.ndarray, tracks: torch.Tensor | None, num_frames: int)
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
     if not pipeline.uses_motion:
         raise ValueError(f"checkpoint {cfg.ckpt}: a Tora checkpoint with motion guidance expected")
@@ -99,8 +114,16 @@ def evaluate(cfg: DictConfig) -> dict:
         requests = [GenerationRequest(c["caption"], c["tracks"]) for c in chunk]
         for name, use_motion in variants.items():
             videos = pipeline.generate(
-                requests, num_frames, height, width, steps=cfg.steps, cfg_scale=cfg.cfg_scale,
-                seed=cfg.seed + start, fps=cfg.fps, use_motion=use_motion, progress=False,
+                requests,
+                num_frames,
+                height,
+                width,
+                steps=cfg.steps,
+                cfg_scale=cfg.cfg_scale,
+                seed=cfg.seed + start,
+                fps=cfg.fps,
+                use_motion=use_motion,
+                progress=False,
             )
             generated[name].extend(videos)
 
@@ -108,7 +131,12 @@ def evaluate(cfg: DictConfig) -> dict:
     fvd_metric = build_fvd(cfg.metrics.i3d_path)
     clip_metric = build_clipsim(cfg.metrics.clip_path)
     real = np.stack([c["video"] for c in clips])
-    metrics: dict = {"num_clips": len(clips), "tracker": cfg.tracker, "steps": cfg.steps, "variants": {}}
+    metrics: dict = {
+        "num_clips": len(clips),
+        "tracker": cfg.tracker,
+        "steps": cfg.steps,
+        "variants": {},
+    }
     for name, videos in generated.items():
         results = [
             TrajError(make_tracker(cfg, clip), reference)(video, clip["tracks"])
@@ -123,7 +151,9 @@ def evaluate(cfg: DictConfig) -> dict:
             "coverage": float(np.mean([r.coverage for r in results])),
         }
         row["fvd"] = (
-            float(fvd_metric(real, np.stack(videos))) if fvd_metric.available else fvd_metric.as_dict()
+            float(fvd_metric(real, np.stack(videos)))
+            if fvd_metric.available
+            else fvd_metric.as_dict()
         )
         row["clipsim"] = (
             float(clip_metric(list(videos), [c["caption"] for c in clips]))
@@ -132,7 +162,9 @@ def evaluate(cfg: DictConfig) -> dict:
         )
         metrics["variants"][name] = row
     # Ground truth through the same tracker: the floor the tracker itself sets.
-    truth = [TrajError(make_tracker(cfg, c), reference)(c["video"], c["tracks"]).mean for c in clips]
+    truth = [
+        TrajError(make_tracker(cfg, c), reference)(c["video"], c["tracks"]).mean for c in clips
+    ]
     metrics["tracker_floor_on_real_clips"] = float(np.nanmean(truth))
 
     write_report(cfg, out_dir, clips, generated, metrics)
@@ -154,7 +186,9 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
         "|---|---|---|---|",
     ]
     for name, row in metrics["variants"].items():
-        lines.append(f"| {name} | {row['trajerror']:.2f} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} |")
+        lines.append(
+            f"| {name} | {row['trajerror']:.2f} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} |"
+        )
     unavailable = {
         metric: row[metric]["reason"]
         for row in metrics["variants"].values()
@@ -165,12 +199,19 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
     lines += ["", "Rows per clip: ground truth, Tora (requested tracks drawn), no control.", ""]
     for i, clip in enumerate(clips[: cfg.report_clips]):
         rows = [frame_strip(clip["video"], clip["tracks"], cfg.report_frames)]
-        rows += [frame_strip(generated[name][i], clip["tracks"], cfg.report_frames) for name in generated]
+        rows += [
+            frame_strip(generated[name][i], clip["tracks"], cfg.report_frames) for name in generated
+        ]
         image = np.concatenate(rows, axis=0)
         path = out_dir / "frames" / f"{i:03d}.png"
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         error = metrics["variants"]["tora"]["trajerror_per_clip"][i]
-        lines += [f"**{clip['caption']}** (TrajError {error:.2f} px)", "", f"![{clip['key']}](frames/{path.name})", ""]
+        lines += [
+            f"**{clip['caption']}** (TrajError {error:.2f} px)",
+            "",
+            f"![{clip['key']}](frames/{path.name})",
+            "",
+        ]
     (out_dir / "report.md").write_text("\n".join(lines))
 
 
@@ -192,7 +233,13 @@ def print_metrics(metrics: dict) -> None:
     for column in ("variant", "TrajError (px)", "coverage", "FVD", "CLIPSIM"):
         table.add_column(column)
     for name, row in metrics["variants"].items():
-        table.add_row(name, f"{row['trajerror']:.2f}", f"{row['coverage']:.2f}", fmt(row["fvd"], 1), fmt(row["clipsim"], 4))
+        table.add_row(
+            name,
+            f"{row['trajerror']:.2f}",
+            f"{row['coverage']:.2f}",
+            fmt(row["fvd"], 1),
+            fmt(row["clipsim"], 4),
+        )
     Console().print(table)
 
 
