@@ -11,6 +11,8 @@ CKPT := checkpoints
 DATA := data/synthetic/.complete
 # Extra Hydra overrides for any training target, e.g. make train-stage1 ARGS="trainer.max_steps=50"
 ARGS ?=
+# Overrides for the evaluation that ends each ablation sweep, e.g. EVAL_ARGS="num_samples=32"
+EVAL_ARGS ?=
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +53,16 @@ $(CKPT)/stage1.ckpt:
 train-stage2: $(CKPT)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
 	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT)/stage2.ckpt $(ARGS)
 
+$(CKPT)/stage2.ckpt:
+	$(MAKE) train-stage2
+
+sample: $(CKPT)/stage2.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
+	$(PY) -m tora.sample ckpt=$(CKPT)/stage2.ckpt prompts_file=examples/prompts.txt \
+		'tracks=[examples/tracks/left_to_right.txt,examples/tracks/arc.txt]' out_dir=outputs/sample $(ARGS)
+
+eval: $(CKPT)/stage2.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
+	$(PY) -m tora.evaluate ckpt=$(CKPT)/stage2.ckpt out_dir=outputs/eval $(ARGS)
+
 # Ablation sweeps (Hydra multirun): the runs of one sweep sit side by side under
 # logs/<task>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml.
 ABLATION_PREREQS := $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt
@@ -58,14 +70,17 @@ ABLATION_PREREQS := $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt
 ablate-fusion: $(ABLATION_PREREQS) ## Sweep the three fusers (adaptive norm, channel concat, cross-attention)
 	$(PY) -m tora.train -m experiment=ablation task_name=ablate_fusion \
 		model/fuser=adaptive_norm,channel_concat,cross_attn $(ARGS)
+	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_fusion/multiruns/*/ | head -1) $(EVAL_ARGS)
 
 ablate-compression: $(ABLATION_PREREQS) ## Sweep the four motion encoders (motion VAE, video VAE, avg pool, frame sampling)
 	$(PY) -m tora.train -m experiment=ablation task_name=ablate_compression \
 		model/motion_encoder=motion_vae,video_vae,avg_pool,frame_sampling $(ARGS)
+	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_compression/multiruns/*/ | head -1) $(EVAL_ARGS)
 
 ablate-training: $(ABLATION_PREREQS) ## Sweep the training recipe (dense only, sparse only, two-stage)
 	$(PY) -m tora.train -m experiment=ablation task_name=ablate_training \
 		model.motion_source.kind=dense,sparse,two_stage $(ARGS)
+	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_training/multiruns/*/ | head -1) $(EVAL_ARGS)
 
 # Checkpoint conversion: a DeepSpeed directory or .ckpt -> one .safetensors, and
 # the small shareable file with only the Tora modules. CKPT_IN=<path> OUT=<file>
@@ -109,5 +124,5 @@ clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
-	ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
+	sample eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
 	tensorboard test test-all lint format clean

@@ -133,10 +133,17 @@ def motion_condition(
     else:
         use_dense = torch.rand(batch_size, generator=generator) < source.dense_probability
 
+    dense_rgb = motion_maps_to_rgb(flow_to_displacement_map(flow), rgb, smooth=source.smooth_dense)
+    if use_dense.all():  # stage 1: no tracks to sample (and no host sync on a GPU)
+        tracks = flow.new_zeros(batch_size, 0, flow.shape[1] + 1, 2)
+        return {
+            "motion_rgb": dense_rgb,
+            "tracks": tracks,
+            "track_mask": tracks.new_zeros(batch_size, 0, dtype=torch.bool),
+        }
     tracks, track_mask = choose_tracks(batch, source, generator)
     track_mask = track_mask & ~use_dense.to(track_mask.device)[:, None]
     sparse_rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, rgb)
-    dense_rgb = motion_maps_to_rgb(flow_to_displacement_map(flow), rgb, smooth=source.smooth_dense)
     choose = use_dense.to(flow.device)[:, None, None, None, None]
     return {
         "motion_rgb": torch.where(choose, dense_rgb, sparse_rgb),
