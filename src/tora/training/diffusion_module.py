@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import hydra
@@ -29,7 +28,7 @@ from tora.motion import MotionRGBConfig, draw_tracks
 from tora.training.checkpoints import load_submodule_weights, read_state_dict, select_prefix
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
-from tora.training.optim import configure_optimizers
+from tora.training.optim import build_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,9 @@ class VideoDiffusionModule(L.LightningModule):
         self.set_trainable(trainable, train_text_encoder)
         if compile:
             self.model.backbone.compile()
-        self.configure_optimizers = partial(configure_optimizers, self, optimizer, scheduler)
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
 
     # ----------------------------------------------------------------- set-up
     def load_init_checkpoint(self, path: str, modules: list[str]) -> None:

@@ -7,7 +7,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 
-def configure_optimizers(
+def build_optimizers(
     module: L.LightningModule, optimizer: DictConfig | dict, scheduler: DictConfig | dict | None
 ) -> dict:
     """``optimizer`` / ``scheduler`` are ``_partial_: true`` configs (lightning-hydra-template)."""

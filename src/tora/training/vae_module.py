@@ -4,7 +4,6 @@ motion VAE on flow-RGB maps (initialised from the video VAE, as in the paper).""
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -18,7 +17,7 @@ from tora.motion import MotionRGBConfig
 from tora.training.checkpoints import load_submodule_weights
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, motion_condition
-from tora.training.optim import configure_optimizers
+from tora.training.optim import build_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +64,15 @@ class VAEModule(L.LightningModule):
             load_submodule_weights(self.vae, init_checkpoint, prefix="vae.")
         if compile:
             self.vae.compile()
-        self.configure_optimizers = partial(configure_optimizers, self, optimizer, scheduler)
 
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         """The clip the VAE reconstructs, ``[B, 3, T, H, W]`` in [-1, 1]."""
         if self.hparams.input == "video":
             return batch["video"]
         return motion_condition(batch, self.motion_source, self.motion_rgb)["motion_rgb"]
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
 
     def random_crop(self, clips: torch.Tensor) -> torch.Tensor:
         """A random ``train_crop = [T, H, W]`` window of ``[B, C, T, H, W]`` clips.
