@@ -39,7 +39,12 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     out = tmp_path / "eval"
     cfg = compose_eval(
         "evaluate",
-        [f"ckpt={chain}/stage2_traj.ckpt", f"out_dir={out}", "tracker=mask_centroid", *common(tmp_path, synthetic_shards)],
+        [
+            f"ckpt={chain}/stage2_traj.ckpt",
+            f"out_dir={out}",
+            "tracker=mask_centroid",
+            *common(tmp_path, synthetic_shards),
+        ],
     )
     metrics = evaluate(cfg)
     saved = json.loads((out / "metrics.json").read_text())
@@ -48,7 +53,10 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     for row in saved["variants"].values():
         assert row["trajerror"] >= 0
         assert len(row["trajerror_per_frame"]) == 17
-        assert row["fvd"] == {"available": False, "reason": "no I3D TorchScript configured: set eval.metrics.i3d_path"}
+        assert row["fvd"] == {
+            "available": False,
+            "reason": "no I3D TorchScript configured: set eval.metrics.i3d_path",
+        }
     # The exact tracker recovers the real clips' object tracks almost perfectly.
     assert metrics["tracker_floor_on_real_clips"] < 1.0
     report_md = (out / "report.md").read_text()
@@ -65,10 +73,15 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
         (run / "checkpoints").mkdir(parents=True)
         (run / ".hydra").mkdir()
         shutil.copy(chain / "stage2_traj.ckpt", run / "checkpoints" / "last.ckpt")
-        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=ablation", f"model/fuser={fuser}"]))
+        (run / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump(["experiment=ablation", f"model/fuser={fuser}"])
+        )
     cfg = compose_eval("report", [f"sweep_dir={sweep}", *common(tmp_path, synthetic_shards)])
     rows = report(cfg)
-    assert [r["variant"] for r in rows][:2] == ["model/fuser=adaptive_norm", "model/fuser=cross_attn"]
+    assert [r["variant"] for r in rows][:2] == [
+        "model/fuser=adaptive_norm",
+        "model/fuser=cross_attn",
+    ]
     assert rows[-1]["variant"].startswith("no control")
     with open(sweep / "ablation.csv") as file:
         table = list(csv.DictReader(file))

@@ -1,9 +1,15 @@
-"""Every notebook in notebooks/ runs top to bottom without an error and is committed stripped."""
+"""Every notebook in notebooks/ runs top to bottom without an error and is committed stripped.
+
+A notebook with a cell tagged "parameters" gets test values injected after that cell,
+papermill-style, so they override its defaults (e.g. a checkpoint from the ``chain``
+fixture and few sampling steps)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -17,6 +23,15 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 # Appended to the executed copy: the kernel must run in the environment running pytest.
 KERNEL_PREFIX_PROBE = "import sys\nprint(sys.prefix, end='')"
+
+# Parameter values per notebook, from the test's ``request``: a fixture is requested only
+# for the notebook that needs it (``chain`` trains every stage, a minute or two).
+NOTEBOOK_PARAMETERS: dict[str, Callable[[pytest.FixtureRequest], dict[str, Any]]] = {
+    "02_trajectory_control.ipynb": lambda request: {
+        "CHECKPOINT": str(request.getfixturevalue("chain") / "stage2_traj.ckpt"),
+        "STEPS": 2,
+    },
+}
 
 
 class ThisInterpreterKernelManager(AsyncKernelManager):
@@ -33,9 +48,28 @@ class ThisInterpreterKernelManager(AsyncKernelManager):
         return KernelSpecManager(parent=self, kernel_dirs=[])
 
 
+def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict[str, Any]) -> None:
+    """Insert ``NAME = value`` lines as a code cell right after the one cell tagged
+    "parameters", so they override its defaults (papermill's convention)."""
+    tagged = [
+        index
+        for index, cell in enumerate(notebook.cells)
+        if "parameters" in cell.metadata.get("tags", [])
+    ]
+    assert len(tagged) == 1, (
+        f"one cell tagged 'parameters' expected to inject {sorted(parameters)}, "
+        f"got {len(tagged)} (cells {tagged})"
+    )
+    source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    notebook.cells.insert(tagged[0] + 1, injected)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def test_notebook_runs(path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     notebook = nbformat.read(path, as_version=4)
+    if path.name in NOTEBOOK_PARAMETERS:
+        inject_parameters(notebook, NOTEBOOK_PARAMETERS[path.name](request))
     notebook.cells.append(nbformat.v4.new_code_cell(KERNEL_PREFIX_PROBE))
     client = NotebookClient(
         notebook,

@@ -114,7 +114,10 @@ def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):
         for param in module.model.motion_guidance.parameters():
             param.add_(0.05 * torch.randn_like(param))
         moved = module.model(x, t, y, mask=mask, motion_latents=motion)
+        features = module.model.motion_guidance.extract(motion)
+        from_features = module.model(x, t, y, mask=mask, motion_features=features)
     assert not torch.allclose(base, moved)
+    assert torch.equal(moved, from_features)  # samplers extract the features once
 
 
 def test_deepspeed_configs_instantiate_their_strategy(tmp_path):

@@ -149,7 +149,8 @@ class ToraPipeline:
 
         extra = {"fps": torch.full((batch,), float(fps), device=device)}
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
-            extra["motion_latents"] = self.motion_latents(requests, num_frames, height, width)
+            latents = self.motion_latents(requests, num_frames, height, width)
+            extra["motion_features"] = module.model.motion_guidance.extract(latents)
 
         frame_mask = x_given = None
         if any(r.image is not None for r in requests):

@@ -30,13 +30,16 @@ class Tora(nn.Module):
         y: torch.Tensor,
         mask: torch.Tensor | None = None,
         motion_latents: torch.Tensor | None = None,
+        motion_features: list[torch.Tensor] | None = None,
         **backbone_kwargs,
     ) -> torch.Tensor:
         """x: ``[B, C, T, H, W]`` video latents; motion_latents: ``[B, Cm, T, H, W]``
-        on the same latent grid; returns the backbone output ``[B, C_out, T, H, W]``."""
+        on the same latent grid, or ``motion_features`` already extracted from them
+        (samplers extract once, not at every step); returns the backbone output
+        ``[B, C_out, T, H, W]``."""
         fuse = None
         if self.motion_guidance is not None and motion_latents is not None:
-            fuse = self.motion_guidance.make_fuse_callback(
-                self.motion_guidance.extract(motion_latents)
-            )
+            motion_features = self.motion_guidance.extract(motion_latents)
+        if self.motion_guidance is not None and motion_features is not None:
+            fuse = self.motion_guidance.make_fuse_callback(motion_features)
         return self.backbone(x, timestep, y, mask=mask, fuse=fuse, **backbone_kwargs)

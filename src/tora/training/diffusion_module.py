@@ -268,6 +268,10 @@ class VideoDiffusionModule(L.LightningModule):
     def log_samples(self, batch, y, mask, extra, motion, noise) -> None:
         n = min(self.validation_cfg["num_clips"], noise.shape[0])
         extra_n = {k: v[:n] for k, v in extra.items()}
+        if "motion_latents" in extra_n:  # extract the motion features once, not per step
+            extra_n["motion_features"] = self.model.motion_guidance.extract(
+                extra_n.pop("motion_latents")
+            )
         latents = self.sample_latents(
             noise[:n],
             y[:n],
