@@ -78,7 +78,7 @@ def make_tracker(cfg: DictConfig, clip: dict):
     if cfg.tracker == "mask_centroid":
         # Synthetic world: an object is its colour, read off the real first frame
         # at the requested start point.
-        start = clip["tracks"][:, 0].round().long()
+        start = clip["tracks"][:, 0].round().long().numpy()
         colors = clip["video"][0][start[:, 1], start[:, 0]]
         return MaskCentroidTracker(colors)
     raise ValueError(f"tracker {cfg.tracker!r}: one of {TRACKERS} expected")
