@@ -59,6 +59,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
+        if "hyper_parameters" in metadata:  # a full file written by this module
+            return read_state_dict(path), json.loads(metadata["hyper_parameters"])
         trainable = metadata.get("trainable")
         return read_state_dict(path), {"trainable": trainable} if trainable else {}
     # mmap: only the small hyper-parameter entry is read here, the tensors by read_state_dict.

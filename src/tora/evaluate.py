@@ -25,6 +25,7 @@ from tora.metrics import (
     LucasKanadeTracker,
     MaskCentroidTracker,
     TrajError,
+    as_uint8_frames,
     build_clipsim,
     build_fvd,
 )
@@ -47,11 +48,7 @@ def held_out_clips(cfg: DictConfig) -> list[dict]:
             tracks = batch["tracks"][i][batch["track_mask"][i]][: cfg.tracks_per_clip]
             if len(tracks) == 0:
                 continue
-            video = (
-                ((batch["video"][i].permute(1, 2, 3, 0).numpy() + 1) * 127.5)
-                .round()
-                .astype(np.uint8)
-            )
+            video = as_uint8_frames(batch["video"][i])
             clips.append(
                 {
                     "key": batch["key"][i],

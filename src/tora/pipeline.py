@@ -7,16 +7,15 @@ goes through the same function as in training (``tracks_to_motion_rgb``).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
-from tora.training.checkpoints import read_state_dict
+from tora.convert_checkpoint import apply_tora_modules, read_checkpoint
+from tora.metrics.base import as_uint8_frames
 from tora.training.diffusion_module import VideoDiffusionModule
 from tora.training.motion_input import tracks_to_motion_rgb
 
@@ -25,26 +24,6 @@ log = logging.getLogger(__name__)
 # Constructor arguments that point at other stages' files: the checkpoint being
 # loaded already holds those weights.
 PREREQUISITE_PATHS = ("vae_checkpoint", "init_checkpoint", "backbone_checkpoint")
-
-
-def checkpoint_hyper_parameters(path: Path) -> dict:
-    """The module constructor arguments stored with a Lightning .ckpt or a full
-    .safetensors written by ``tora.convert_checkpoint``."""
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-        if "hyper_parameters" not in metadata:
-            raise ValueError(
-                f"checkpoint {path}: no hyper_parameters in its metadata; a Tora-modules-only file "
-                "needs base_ckpt= (a full checkpoint of the same model) to be applied over"
-            )
-        return json.loads(metadata["hyper_parameters"])
-    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    if "hyper_parameters" not in payload:
-        raise ValueError(
-            f"checkpoint {path}: a Lightning checkpoint with hyper_parameters expected"
-        )
-    return dict(payload["hyper_parameters"])
 
 
 def load_module(ckpt: str | Path, base_ckpt: str | Path | None = None) -> VideoDiffusionModule:
@@ -56,16 +35,20 @@ def load_module(ckpt: str | Path, base_ckpt: str | Path | None = None) -> VideoD
             "to a Lightning .ckpt, a converted .safetensors, or a Tora-modules file with base_ckpt=)"
         )
     full = Path(base_ckpt) if base_ckpt else ckpt
-    hparams = checkpoint_hyper_parameters(full)
+    state_dict, hparams = read_checkpoint(full)
+    if "backbone" not in hparams:
+        raise ValueError(
+            f"checkpoint {full}: no module hyper-parameters stored (a Lightning .ckpt or a full "
+            ".safetensors from tora.convert_checkpoint expected); a Tora-modules-only file needs "
+            "base_ckpt= (a full checkpoint of the same model) to be applied over"
+        )
     for key in PREREQUISITE_PATHS:
         hparams[key] = None
     if hparams.get("motion_encoder"):
         hparams["motion_encoder"] = {**hparams["motion_encoder"], "checkpoint": None}
     module = VideoDiffusionModule(**hparams)
-    module.load_state_dict(read_state_dict(full), strict=True)
+    module.load_state_dict(state_dict, strict=True)
     if base_ckpt:
-        from tora.convert_checkpoint import apply_tora_modules
-
         loaded = apply_tora_modules(module, ckpt)
         log.info("applied %d Tora-module tensors from %s over %s", len(loaded), ckpt, base_ckpt)
     return module.eval()
@@ -168,12 +151,8 @@ class ToraPipeline:
             x_given=x_given,
             progress=progress,
         )
-        video = module.vae.decode_latents(latents).clamp(-1, 1)
-        return (
-            ((video.permute(0, 2, 3, 4, 1).float().cpu().numpy() + 1) * 127.5)
-            .round()
-            .astype(np.uint8)
-        )
+        decoded = module.vae.decode_latents(latents)
+        return np.stack([as_uint8_frames(video) for video in decoded])
 
     def motion_latents(self, requests, num_frames, height, width) -> torch.Tensor:
         """Tracks -> flow-RGB -> motion latents, as in training (padded, masked)."""

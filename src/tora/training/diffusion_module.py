@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import grad_norm
 from omegaconf import DictConfig, OmegaConf
 
 from tora.diffusion import RectifiedFlow
+from tora.metrics.base import as_uint8_frames
 from tora.models.fusers import MotionGuidance
 from tora.models.motion_encoders import build_motion_encoder
 from tora.models.stdit3 import STDiT3, STDiT3Config, load_opensora_state_dict
@@ -184,13 +185,19 @@ class VideoDiffusionModule(L.LightningModule):
         return self.model(x, t * 1000.0, y, mask=mask, **extra)
 
     # -------------------------------------------------------------- training
-    def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def conditions(self, batch: dict[str, Any], generator=None) -> tuple:
+        """Video latents ``x0``, caption ``y`` / ``mask``, the model's further inputs
+        ``extra`` (fps, motion latents) and the motion condition it came from."""
         x0 = self.encode_video(batch["video"])
         y, mask = self.encode_text(batch["caption"])
-        motion = self.motion_inputs(batch)
+        motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
         if "motion_latents" in motion:
             extra["motion_latents"] = motion["motion_latents"]
+        return x0, y, mask, extra, motion
+
+    def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x0, y, mask, extra, motion = self.conditions(batch)
         out = self.flow.training_losses(self.model_fn, x0, dict(y=y, mask=mask, **extra))
         out["motion"] = motion
         return out
@@ -232,17 +239,12 @@ class VideoDiffusionModule(L.LightningModule):
         """Loss at fixed timesteps with fixed noise (comparable across runs), and
         sampled clips for the first batch."""
         generator = torch.Generator().manual_seed(self.validation_cfg["seed"] + batch_idx)
-        x0 = self.encode_video(batch["video"])
-        y, mask = self.encode_text(batch["caption"])
-        motion = self.motion_inputs(batch, generator)
-        extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
-        if "motion_latents" in motion:
-            extra["motion_latents"] = motion["motion_latents"]
+        x0, y, mask, extra, motion = self.conditions(batch, generator)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         losses = []
+        conditions = dict(y=y, mask=mask, **extra)
         for t_value in VALIDATION_TIMESTEPS:
             t = torch.full((x0.shape[0],), t_value, device=x0.device)
-            conditions = dict(y=y, mask=mask, **extra)
             loss = self.flow.training_losses(self.model_fn, x0, conditions, t=t, noise=noise)[
                 "loss"
             ].mean()
@@ -296,9 +298,6 @@ class VideoDiffusionModule(L.LightningModule):
         """Draw the requested tracks on clips ``[B, 3, T, H, W]`` in [-1, 1]."""
         drawn = []
         for clip, clip_tracks, clip_mask in zip(video, tracks, track_mask):
-            frames = (
-                ((clip.permute(1, 2, 3, 0).float().cpu() + 1) * 127.5).round().clamp(0, 255).byte()
-            )
-            out = draw_tracks(frames.numpy(), clip_tracks[clip_mask].cpu())
+            out = draw_tracks(as_uint8_frames(clip), clip_tracks[clip_mask].cpu())
             drawn.append(torch.from_numpy(out).permute(3, 0, 1, 2).float() / 127.5 - 1)
         return torch.stack(drawn).to(video)

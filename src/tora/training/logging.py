@@ -8,6 +8,8 @@ from einops import rearrange
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
+from tora.utils.run import parameter_counts
+
 
 def tensorboard(module: L.LightningModule):
     """The TensorBoard ``SummaryWriter`` of the run, or None."""
@@ -24,8 +26,8 @@ def log_parameter_counts(module: L.LightningModule) -> None:
     writer = tensorboard(module)
     rows = []
     for name, child in module.named_children():
-        trainable = sum(p.numel() for p in child.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in child.parameters() if not p.requires_grad)
+        counts = parameter_counts(child)
+        trainable, frozen = counts["trainable"], counts["frozen"]
         rows.append(f"| {name} | {trainable:,} | {frozen:,} |")
         if writer is not None:
             writer.add_scalar(f"params/{name}/trainable", trainable, 0)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def print_config(cfg: DictConfig) -> None:
     Console().print(Syntax(yaml, "yaml", theme="ansi_dark", line_numbers=False))
 
 
-def parameter_counts(model: L.LightningModule) -> dict[str, int]:
+def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable and frozen parameter counts of a module."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
