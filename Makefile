@@ -25,7 +25,7 @@ $(INSTALLED): pyproject.toml requirements/constraints.txt
 
 install: $(INSTALLED) ## Create .venv and install the package with pinned dependencies
 
-$(DATA): $(INSTALLED) configs/synthetic.yaml
+$(DATA): $(INSTALLED) configs/synthetic.yaml $(wildcard configs/world/*.yaml)
 	$(PY) -m tora.data.synthetic
 	touch $@
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import tora
 from tora.data.schema import decode_sample
@@ -32,8 +33,16 @@ from tora.data.synthetic import (
 )
 from tora.utils.config import CONFIG_DIR
 
+
+
+def rich_world(**overrides) -> WorldConfig:
+    """The full-variety world of configs/world/rich.yaml, with ``overrides``."""
+    values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "world" / "rich.yaml"))
+    return WorldConfig(**(values | overrides))
+
+
 # Every background, pans on half the clips, several objects: the hard cases of the flow.
-WORLD = WorldConfig(num_objects=(2, 3), pan_probability=0.5)
+WORLD = rich_world(num_objects=(2, 3), pan_probability=0.5)
 SCHEMA_FILES = {"mp4", "flow.npy", "tracks.json", "txt", "meta.json"}
 
 
@@ -225,6 +234,16 @@ def test_yaml_config_matches_the_dataclass_defaults():
     config = as_generator_config(cfg)
     assert dataclasses.replace(config, progress=False) == GeneratorConfig()
     assert Path(cfg.out_dir) == CONFIG_DIR.parent / "data" / "synthetic"
+
+
+def test_world_presets_compose_and_differ_where_documented():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        rich = as_generator_config(compose(config_name="synthetic", overrides=["world=rich"]))
+    assert rich.world == rich_world()
+    assert set(rich.world.backgrounds) == set(TEXTURES) and rich.world.pan_probability > 0
+    default = WorldConfig()
+    assert default.pan_probability == 0 and set(default.backgrounds) == {"blobs", "gradient"}
+    assert default.object_size[0] > rich.world.object_size[0]
 
 
 def test_generate_split_writes_schema_shards(tmp_path):

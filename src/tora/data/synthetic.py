@@ -99,21 +99,26 @@ REGION_NAMES = (
 
 @dataclass
 class WorldConfig:
-    """What a clip can look like. Sizes and periods are fractions of the short side."""
+    """What a clip can look like. Sizes and periods are fractions of the short side.
+
+    The defaults are the control-friendly world of ``configs/world/default.yaml``
+    (1-2 large shapes, smooth backgrounds, no pan); ``configs/world/rich.yaml`` is
+    the full-variety one (textures, pans, 1-3 smaller shapes).
+    """
 
     width: int = 64
     height: int = 64
     num_frames: int = 17
     fps: float = 8.0
-    num_objects: tuple[int, int] = (1, 3)
-    object_size: tuple[float, float] = (0.08, 0.16)  # circumradius
-    speed: tuple[float, float] = (0.5, 2.5)  # pixels per frame
-    max_spin: float = 6.0  # degrees per frame
+    num_objects: tuple[int, int] = (1, 2)
+    object_size: tuple[float, float] = (0.12, 0.2)  # circumradius
+    speed: tuple[float, float] = (1.0, 2.5)  # pixels per frame
+    max_spin: float = 3.0  # degrees per frame
     shapes: list[str] = field(default_factory=lambda: list(SHAPES))
     colors: list[str] = field(default_factory=lambda: list(COLORS))
-    backgrounds: list[str] = field(default_factory=lambda: list(TEXTURES))
+    backgrounds: list[str] = field(default_factory=lambda: ["blobs", "gradient"])
     motions: list[str] = field(default_factory=lambda: list(PATHS))
-    pan_probability: float = 0.3
+    pan_probability: float = 0.0
     pan_speed: tuple[float, float] = (0.25, 1.0)  # pixels per frame
     texture_period: tuple[float, float] = (0.2, 0.4)
     texture_sharpness: float = 3.0  # tanh gain of stripe/checker edges; higher = harder edges
@@ -162,7 +167,7 @@ class GeneratorConfig:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     seed: int = 0
-    num_train: int = 256
+    num_train: int = 1024
     num_val: int = 32
     shard_maxcount: int = 64
     progress: bool = False

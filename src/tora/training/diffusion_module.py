@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -50,6 +51,23 @@ def build_vae(cfg: dict, checkpoint: str | None) -> CausalVAE3D:
     if checkpoint:
         load_submodule_weights(vae, checkpoint, prefix="vae.")
     return vae.requires_grad_(False).eval()
+
+
+def check_same_motion_rgb(checkpoint: str, motion_rgb: MotionRGBConfig) -> None:
+    """The motion VAE must have been trained on the flow-RGB normalisation it now encodes."""
+    from tora.convert_checkpoint import read_checkpoint
+
+    _, hyper_parameters = read_checkpoint(Path(checkpoint))
+    trained = hyper_parameters.get("motion_rgb")
+    if trained is None:  # e.g. a bare .safetensors: nothing to compare
+        return
+    trained = MotionRGBConfig(**to_container(trained))
+    if trained != motion_rgb:
+        raise ValueError(
+            f"model.motion_encoder.checkpoint {checkpoint} was trained with motion_rgb {trained}, "
+            f"but this run uses {motion_rgb}: pick the same model/motion_rgb for both "
+            "(the flow-RGB normalisation must be ONE everywhere)"
+        )
 
 
 class VideoDiffusionModule(L.LightningModule):
@@ -99,6 +117,8 @@ class VideoDiffusionModule(L.LightningModule):
             self.motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **encoder_cfg)
             self.motion_source = MotionSourceConfig(**to_container(motion_source))
             self.motion_rgb = MotionRGBConfig(**to_container(motion_rgb))
+            if kind == "motion_vae" and checkpoint:
+                check_same_motion_rgb(checkpoint, self.motion_rgb)
         self.model = Tora(STDiT3(backbone_cfg), guidance)
         self.flow = RectifiedFlow(**to_container(diffusion))
         self.validation_cfg = {

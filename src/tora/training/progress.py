@@ -1,0 +1,88 @@
+"""Progress that shows in a terminal and in a log file alike.
+
+Rich's bar draws nothing when stdout is not a terminal (``make train-stage1 | tee``,
+a SLURM log, CI), so there :class:`LineProgress` prints one line every
+``every_n_seconds``: step, percentage, the progress-bar metrics (loss, ...),
+steps per second and the time left.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class LineProgress(ProgressBar):
+    """One plain line per ``every_n_seconds`` of training (and at the last step)."""
+
+    def __init__(self, every_n_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.every_n_seconds = every_n_seconds
+        self._enabled = True
+        self._start = 0.0
+        self._last_print = 0.0
+        self._start_step = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last_print = time.monotonic()
+        self._start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        step, total = trainer.global_step, trainer.max_steps
+        last = total > 0 and step >= total
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        if now - self._last_print < self.every_n_seconds and not last:
+            return
+        self._last_print = now
+        done = step - self._start_step
+        rate = done / max(now - self._start, 1e-9)
+        metrics = self.get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        shown = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
+        if total > 0:
+            eta = (total - step) / rate if rate > 0 else float("inf")
+            where = f"step {step}/{total} ({100 * step / total:.0f}%)"
+            timing = f"{rate:.2f} it/s, {format_seconds(now - self._start)} elapsed, {format_seconds(eta)} left"
+        else:
+            where = f"step {step}"
+            timing = f"{rate:.2f} it/s, {format_seconds(now - self._start)} elapsed"
+        print(f"[train] {where} {shown} | {timing}", file=sys.stdout, flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not (self._enabled and trainer.is_global_zero) or trainer.sanity_checking:
+            return
+        metrics = {
+            k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val")
+        }
+        if metrics:
+            shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+            print(f"[val] step {trainer.global_step} {shown}", file=sys.stdout, flush=True)
+
+
+def progress_bar(every_n_seconds: float = 30.0, force: str | None = None) -> ProgressBar:
+    """Rich's bar on a terminal, :class:`LineProgress` otherwise (``force``: "rich" | "lines")."""
+    if force not in (None, "rich", "lines"):
+        raise ValueError(f"progress_bar force={force!r}: null, 'rich' or 'lines' expected")
+    if force == "rich" or (force is None and sys.stdout.isatty()):
+        return RichProgressBar()
+    return LineProgress(every_n_seconds)
