@@ -71,9 +71,7 @@ class LineProgress(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not (self._enabled and trainer.is_global_zero) or trainer.sanity_checking:
             return
-        metrics = {
-            k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val")
-        }
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         if metrics:
             shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
             print(f"[val] step {trainer.global_step} {shown}", file=sys.stdout, flush=True)
