@@ -51,7 +51,7 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     assert saved["num_clips"] == 2
     assert set(saved["variants"]) == {"tora", "no_control"}
     for row in saved["variants"].values():
-        assert row["trajerror"] >= 0
+        assert row["trajerror"] >= 0 and row["seconds_per_clip"] > 0
         assert len(row["trajerror_per_frame"]) == 17
         assert row["fvd"] == {
             "available": False,

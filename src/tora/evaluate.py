@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -106,10 +107,12 @@ def evaluate(cfg: DictConfig) -> dict:
     num_frames, height, width = clips[0]["video"].shape[:3]
     variants = {"tora": True} | ({"no_control": False} if cfg.baseline else {})
     generated: dict[str, list[np.ndarray]] = {name: [] for name in variants}
+    seconds = dict.fromkeys(variants, 0.0)
     for start in track(range(0, len(clips), cfg.batch_size), description="generating"):
         chunk = clips[start : start + cfg.batch_size]
         requests = [GenerationRequest(c["caption"], c["tracks"]) for c in chunk]
         for name, use_motion in variants.items():
+            begin = time.perf_counter()
             videos = pipeline.generate(
                 requests,
                 num_frames,
@@ -122,6 +125,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 use_motion=use_motion,
                 progress=False,
             )
+            seconds[name] += time.perf_counter() - begin
             generated[name].extend(videos)
 
     reference = tuple(cfg.reference_size) if cfg.get("reference_size") else None
@@ -146,6 +150,8 @@ def evaluate(cfg: DictConfig) -> dict:
             "trajerror_per_frame": [round(float(v), 4) for v in per_frame],
             "trajerror_per_clip": [float(r.mean) for r in results],
             "coverage": float(np.mean([r.coverage for r in results])),
+            # Wall time of generation (sampling + VAE decode), batch_size clips at a time.
+            "seconds_per_clip": round(seconds[name] / len(videos), 3),
         }
         row["fvd"] = (
             float(fvd_metric(real, np.stack(videos)))
@@ -179,12 +185,13 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
         f"CFG {cfg.cfg_scale}; tracker `{cfg.tracker}` (its error on the real clips: "
         f"{metrics['tracker_floor_on_real_clips']:.2f} px).",
         "",
-        "| variant | TrajError (px) | FVD | CLIPSIM |",
-        "|---|---|---|---|",
+        "| variant | TrajError (px) | FVD | CLIPSIM | s/clip |",
+        "|---|---|---|---|---|",
     ]
     for name, row in metrics["variants"].items():
         lines.append(
-            f"| {name} | {row['trajerror']:.2f} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} |"
+            f"| {name} | {row['trajerror']:.2f} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} "
+            f"| {row['seconds_per_clip']:.2f} |"
         )
     unavailable = {
         metric: row[metric]["reason"]
@@ -227,7 +234,7 @@ def log_tensorboard(cfg, clips, generated, metrics) -> None:
 
 def print_metrics(metrics: dict) -> None:
     table = Table(title=f"evaluation ({metrics['num_clips']} clips, tracker {metrics['tracker']})")
-    for column in ("variant", "TrajError (px)", "coverage", "FVD", "CLIPSIM"):
+    for column in ("variant", "TrajError (px)", "coverage", "FVD", "CLIPSIM", "s/clip"):
         table.add_column(column)
     for name, row in metrics["variants"].items():
         table.add_row(
@@ -236,6 +243,7 @@ def print_metrics(metrics: dict) -> None:
             f"{row['coverage']:.2f}",
             fmt(row["fvd"], 1),
             fmt(row["clipsim"], 4),
+            f"{row['seconds_per_clip']:.2f}",
         )
     Console().print(table)
 
