@@ -34,7 +34,6 @@ from tora.data.synthetic import (
 from tora.utils.config import CONFIG_DIR
 
 
-
 def rich_world(**overrides) -> WorldConfig:
     """The full-variety world of configs/world/rich.yaml, with ``overrides``."""
     values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "world" / "rich.yaml"))

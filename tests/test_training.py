@@ -11,6 +11,7 @@ import hydra
 import pytest
 import torch
 from conftest import SHORT, compose_train
+from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tora.train import instantiate_module, train
@@ -228,3 +229,21 @@ def test_stage1_ddp_on_two_cpu_processes(tmp_path, chain, synthetic_shards):
     )
     exported = torch.load(tmp_path / "ddp.ckpt", map_location="cpu", weights_only=False)
     assert exported["global_step"] == 2, result.stdout[-2000:]
+
+
+def test_stage1_refuses_a_motion_vae_with_another_flow_rgb_scale(tmp_path, chain):
+    # The chain's motion VAE was trained with the tiny-world normalisation ...
+    motion_vae = torch.load(chain / "motion_vae.ckpt", map_location="cpu", weights_only=False)
+    assert motion_vae["hyper_parameters"]["motion_rgb"]["max_displacement_ref"] == 3.0
+    overrides = [
+        "experiment=stage1_flow",
+        "model.vae_checkpoint=null",
+        "model.init_checkpoint=null",
+        f"model.motion_encoder.checkpoint={chain}/motion_vae.ckpt",
+    ]
+    assert build_module(overrides, tmp_path).motion_rgb.max_displacement_ref == 3.0
+    # ... so a stage on the paper's normalisation must not silently encode with it.
+    with pytest.raises(
+        InstantiationException, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"
+    ):
+        build_module([*overrides, "model/motion_rgb=default"], tmp_path)
