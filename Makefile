@@ -44,7 +44,7 @@ train-video-vae: $(CKPT)/video_vae.ckpt ## Pretrain the video VAE (stand-in for 
 train-base: $(CKPT)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
 train-motion-vae: $(CKPT)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
 
-train-stage1: $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
+train-stage1: $(CKPT)/base_t2v.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
 	$(PY) -m tora.train experiment=stage1_flow export_checkpoint=$(CKPT)/stage1.ckpt $(ARGS)
 
 $(CKPT)/stage1.ckpt:

@@ -66,6 +66,24 @@ class FrameGroupNorm(nn.GroupNorm):
         return rearrange(super().forward(frames), "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
+class FrameRMSNorm(nn.Module):
+    """Divide each frame of ``[B, C, T, H, W]`` by its root mean square over (C, H, W),
+    then a per-channel gain (initialised to 1).
+
+    No centring: unlike GroupNorm it keeps a frame's mean, i.e. its flat colour,
+    and only bounds the overall scale.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rms = x.float().pow(2).mean(dim=(1, 3, 4), keepdim=True).add(self.eps).sqrt()
+        return (x / rms.to(x.dtype)) * self.weight.view(1, -1, 1, 1, 1)
+
+
 class ResidualBlock(nn.Module):
     """(GroupNorm, SiLU, causal conv 3x3x3) twice, plus a 1x1x1 conv skip when channels change."""
 
@@ -117,21 +135,31 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour repeat then causal conv: H, W doubled; T = n + 1 -> 2n + 1 when ``temporal``.
+    """(RMS norm,) nearest-neighbour repeat, causal conv: H, W doubled; T = n + 1 -> 2n + 1
+    when ``temporal``.
 
     In time every frame is repeated twice except the clip's first, which stays
     single, mirroring ``Downsample`` (frame 0 encoded alone). The conv maps to
     the next level's (smaller) width, so the high-resolution conv is the cheap one.
+
+    ``rms_norm``: divide the input by its per-frame RMS first (:class:`FrameRMSNorm`).
+    Without it the decoder's residual stream is multiplied by every upsampling
+    conv in turn and, since ``norm_out`` removes any overall scale, nothing stops
+    those gains from growing: a tiny VAE trained at lr 1e-3 reached a stream of
+    1.4e6 at full resolution, where the residual blocks' O(1) updates are lost
+    (in float32, too), and it stopped learning colour at ~20 dB. A GroupNorm here
+    would do worse: it removes each frame's mean, the flat colour the skip path carries.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temporal: bool):
+    def __init__(self, in_channels: int, out_channels: int, temporal: bool, rms_norm: bool = False):
         super().__init__()
         self.time_factor = 2 if temporal else 1
+        self.norm = FrameRMSNorm(in_channels) if rms_norm else nn.Identity()
         self.conv = CausalConv3d(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
         starts_clip = cache is None or self.conv not in cache
-        x = repeat(x, "b c t h w -> b c (t rt) (h 2) (w 2)", rt=self.time_factor)
+        x = repeat(self.norm(x), "b c t h w -> b c (t rt) (h 2) (w 2)", rt=self.time_factor)
         if starts_clip:
             x = x[:, :, self.time_factor - 1 :]
         return self.conv(x, cache)
@@ -220,6 +248,7 @@ class Decoder(nn.Module):
         temporal_downsample: tuple[bool, ...],
         mid_attention: bool,
         norm_groups: int,
+        upsample_norm: bool = True,
     ):
         super().__init__()
         channels = level_channels[-1]
@@ -231,7 +260,12 @@ class Decoder(nn.Module):
             ]
             if level > 0:
                 blocks.append(
-                    Upsample(channels, level_channels[level - 1], temporal_downsample[level - 1])
+                    Upsample(
+                        channels,
+                        level_channels[level - 1],
+                        temporal_downsample[level - 1],
+                        rms_norm=upsample_norm,
+                    )
                 )
                 channels = level_channels[level - 1]
         self.blocks = nn.ModuleList(blocks)
@@ -261,6 +295,11 @@ class CausalVAE3D(nn.Module):
     frames <-> ``k + 1`` latent frames. ``temporal_downsample[i]`` says whether
     the downsample after level ``i`` also halves time; the decoder mirrors it.
 
+    ``upsample_norm`` puts an RMS norm before each decoder upsample (see
+    :class:`Upsample`); the configs turn it on, the constructor default is off
+    so that checkpoints written before it existed (no such key in their
+    hyper-parameters) rebuild the architecture they were trained with.
+
     The diffusion model sees ``encode_latents`` / ``decode_latents``: latents
     normalised per channel by ``(z - latent_shift) * latent_scale``, buffers
     filled from data by ``set_latent_statistics`` (identity by default).
@@ -276,6 +315,7 @@ class CausalVAE3D(nn.Module):
         temporal_downsample: tuple[bool, ...] = (True, True, False),
         mid_attention: bool = True,
         norm_groups: int = 32,
+        upsample_norm: bool = False,
     ):
         super().__init__()
         if len(temporal_downsample) != len(channel_multipliers) - 1:
@@ -297,7 +337,7 @@ class CausalVAE3D(nn.Module):
             norm_groups=norm_groups,
         )
         self.encoder = Encoder(in_channels, **architecture)
-        self.decoder = Decoder(in_channels, **architecture)
+        self.decoder = Decoder(in_channels, **architecture, upsample_norm=upsample_norm)
         self.register_buffer("latent_shift", torch.zeros(latent_channels))
         self.register_buffer("latent_scale", torch.ones(latent_channels))
 
@@ -305,7 +345,11 @@ class CausalVAE3D(nn.Module):
     def tiny(cls, **overrides) -> "CausalVAE3D":
         """CPU-sized preset (2.2 M parameters) with the full 8x / 4x compression."""
         config = dict(
-            base_channels=16, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8
+            base_channels=16,
+            channel_multipliers=(1, 2, 4, 4),
+            num_res_blocks=1,
+            norm_groups=8,
+            upsample_norm=True,
         )
         return cls(**(config | overrides))
 
