@@ -255,3 +255,41 @@ def test_duplicate_for_cfg_keeps_structure():
     value = {"a": torch.ones(2, 3), "b": (torch.zeros(1),), "c": 5}
     doubled = duplicate_for_cfg(value)
     assert doubled["a"].shape == (4, 3) and doubled["b"][0].shape == (2,) and doubled["c"] == 5
+
+
+def test_null_extra_puts_motion_under_guidance():
+    """With ``null_extra`` the unconditional branch runs without the motion input:
+    v = v_null(no motion) + s * (v_text(motion) - v_null(no motion))."""
+    flow = RectifiedFlow()
+    noise = torch.randn(SHAPE)
+    text = dict(y=torch.full((2, 1, 5, 8), 1.0), mask=None)
+    null = dict(y=torch.full((2, 1, 5, 8), -1.0), mask=None)
+
+    def model_fn(x, t, y, mask=None, motion=None):
+        per_sample_text = y.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
+        return x + per_sample_text + (0.0 if motion is None else motion)
+
+    motion = torch.full(SHAPE, 0.5)
+    both = flow.sample(
+        model_fn,
+        noise,
+        text,
+        null,
+        guidance_scale=3.0,
+        steps=1,
+        progress=False,
+        extra={"motion": motion},
+    )
+    guided = flow.sample(
+        model_fn,
+        noise,
+        text,
+        null,
+        guidance_scale=3.0,
+        steps=1,
+        progress=False,
+        extra={"motion": motion},
+        null_extra={},
+    )
+    torch.testing.assert_close(both, noise - ((noise + 0.5 - 1.0) + 3.0 * 2.0))
+    torch.testing.assert_close(guided, noise - ((noise - 1.0) + 3.0 * (2.0 + 0.5)))

@@ -124,6 +124,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 fps=cfg.fps,
                 use_motion=use_motion,
                 progress=False,
+                motion_in_guidance=cfg.get("motion_in_guidance", False),
             )
             seconds[name] += time.perf_counter() - begin
             generated[name].extend(videos)

@@ -108,11 +108,15 @@ class ToraPipeline:
         fps: float = 8.0,
         use_motion: bool = True,
         progress: bool = True,
+        motion_in_guidance: bool = False,
     ) -> np.ndarray:
         """Generate a batch; returns uint8 videos ``[B, T, H, W, 3]``.
 
         ``use_motion=False`` runs the same weights without the motion condition
         (the no-control baseline with identical prompts and seeds).
+        ``motion_in_guidance=True`` leaves the motion condition out of the
+        unconditional CFG branch, so ``cfg_scale`` amplifies motion as well as
+        text (default: motion in both branches, CFG on the text only, as Tora).
         """
         for request in requests:
             self.check_request(request, num_frames, height, width)
@@ -131,6 +135,7 @@ class ToraPipeline:
         ).to(device)
 
         extra = {"fps": torch.full((batch,), float(fps), device=device)}
+        null_extra = dict(extra) if motion_in_guidance else None
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
             latents = self.motion_latents(requests, num_frames, height, width)
             extra["motion_features"] = module.model.motion_guidance.extract(latents)
@@ -150,6 +155,7 @@ class ToraPipeline:
             frame_mask=frame_mask,
             x_given=x_given,
             progress=progress,
+            null_extra=null_extra if "motion_features" in extra else None,
         )
         decoded = module.vae.decode_latents(latents)
         return np.stack([as_uint8_frames(video) for video in decoded])

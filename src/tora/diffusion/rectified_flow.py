@@ -210,8 +210,10 @@ class RectifiedFlow:
         frame_mask: torch.Tensor | None = None,
         x_given: torch.Tensor | None = None,
         progress: bool = True,
+        null_extra: dict | None = None,
     ) -> torch.Tensor:
-        """Euler integration from t = 1 (``noise``) to t = 0 with CFG on the text only.
+        """Euler integration from t = 1 (``noise``) to t = 0 with CFG on the text only
+        (or on text and motion together, with ``null_extra``).
 
         Every step runs one doubled batch: the first half gets ``text_cond``, the
         second ``null_text_cond``; everything in ``extra`` (the motion condition
@@ -226,6 +228,10 @@ class RectifiedFlow:
                 a None or missing null mask reuses the text mask (OpenSora's null tokens).
             guidance_scale, steps: default ``cfg_scale``, ``num_sampling_steps``.
             extra: further model inputs shared by both branches.
+            null_extra: if given, the unconditional branch gets these inputs instead
+                of ``extra`` (e.g. ``extra`` without the motion condition: guidance
+                then pushes along text and motion together), at the cost of two
+                model calls per step instead of one doubled batch.
             frame_mask: bool ``[B, T]``, False = frame given by ``x_given``
                 (image-to-video): held at ``x_given`` and passed as ``x_mask``.
             progress: show a progress bar.
@@ -246,7 +252,14 @@ class RectifiedFlow:
                     "RectifiedFlow.sample: frame_mask needs x_given (the given frames)"
                 )
             extra["x_mask"] = frame_mask
-        extra = duplicate_for_cfg(extra)
+        if null_extra is not None:
+            null_extra = dict(null_extra)
+            if frame_mask is not None:
+                null_extra["x_mask"] = frame_mask
+            y_text, y_null = y_in.chunk(2)
+            mask_text, mask_null_in = mask.chunk(2) if mask is not None else (None, None)
+        else:
+            extra = duplicate_for_cfg(extra)
 
         def hold_given_frames(x: torch.Tensor) -> torch.Tensor:
             if frame_mask is None:
@@ -258,9 +271,15 @@ class RectifiedFlow:
         for t_now, t_next in track(
             list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
         ):
-            timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
-            output = model_fn(torch.cat([x, x]), timestep, y=y_in, mask=mask, **extra)
-            v_text, v_null = output[:, : x.shape[1]].chunk(2)
+            if null_extra is None:
+                timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
+                output = model_fn(torch.cat([x, x]), timestep, y=y_in, mask=mask, **extra)
+                v_text, v_null = output[:, : x.shape[1]].chunk(2)
+            else:
+                timestep = torch.full((x.shape[0],), t_now, device=x.device)
+                v_text = model_fn(x, timestep, y=y_text, mask=mask_text, **extra)
+                v_null = model_fn(x, timestep, y=y_null, mask=mask_null_in, **null_extra)
+                v_text, v_null = v_text[:, : x.shape[1]], v_null[:, : x.shape[1]]
             v = v_null + guidance_scale * (v_text - v_null)
             x = hold_given_frames(x - (t_now - t_next) * self.velocity_sign * v)
         return x
