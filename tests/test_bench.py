@@ -56,7 +56,7 @@ def test_json_has_every_row_with_positive_numbers(result):
         assert row["flops"] == row["executed_flops"], "no activation checkpointing here"
         assert row["forward_flops"] < row["flops"]
         assert set(row["flops_by_module"]) >= {"Tora"}
-    assert result["main"]["tokens_per_clip"] == 2 * 2 * 2  # latent 2 x 4 x 4, patch (1, 2, 2)
+    assert result["main"]["tokens_per_clip"] == 2 * 4 * 4  # latent 2 x 4 x 4, patch (1, 1, 1)
 
 
 def test_flops_grow_with_frames(result):

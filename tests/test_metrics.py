@@ -93,6 +93,8 @@ SYNTHETIC_TRACKS = np.stack(
 # backgrounds: Lucas-Kanade is a translation tracker, and rotation or hard-edged
 # textures next to a 5-10 px object bias it by tenths of a pixel at 64².
 SYNTHETIC_WORLD = WorldConfig(
+    object_size=(0.08, 0.16),
+    pan_probability=0.3,
     colors=["red", "green", "blue", "yellow", "orange", "purple", "cyan", "magenta"],
     backgrounds=["gradient", "blobs"],
     max_spin=0.0,

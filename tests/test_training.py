@@ -237,6 +237,7 @@ def test_stage1_refuses_a_motion_vae_with_another_flow_rgb_scale(tmp_path, chain
     assert motion_vae["hyper_parameters"]["motion_rgb"]["max_displacement_ref"] == 3.0
     overrides = [
         "experiment=stage1_flow",
+        "model/motion_encoder=motion_vae",
         "model.vae_checkpoint=null",
         "model.init_checkpoint=null",
         f"model.motion_encoder.checkpoint={chain}/motion_vae.ckpt",
