@@ -41,16 +41,25 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
 
 
-def test_line_progress_prints_steps_loss_and_time_left(capsys, tmp_path):
-    trainer = L.Trainer(
-        max_steps=6,
-        callbacks=[LineProgress(every_n_seconds=0.0)],
+def quiet_trainer(tmp_path, progress: LineProgress, **kwargs) -> L.Trainer:
+    """A CPU Trainer whose only output is ``progress``."""
+    return L.Trainer(
+        callbacks=[progress],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def test_line_progress_prints_steps_loss_and_time_left(capsys, tmp_path):
+    trainer = quiet_trainer(
+        tmp_path,
+        LineProgress(every_n_seconds=0.0),
+        max_steps=6,
         val_check_interval=3,
         num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
     )
     trainer.fit(Regression(), loader(), loader())
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
@@ -63,14 +72,8 @@ def test_line_progress_prints_steps_loss_and_time_left(capsys, tmp_path):
 
 
 def test_line_progress_waits_for_its_interval(capsys, tmp_path):
-    trainer = L.Trainer(
-        max_steps=5,
-        callbacks=[LineProgress(every_n_seconds=3600.0)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
+    trainer = quiet_trainer(
+        tmp_path, LineProgress(every_n_seconds=3600.0), max_steps=5, limit_val_batches=0
     )
     trainer.fit(Regression(), loader())
     train = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[train]")]

@@ -269,27 +269,20 @@ def test_null_extra_puts_motion_under_guidance():
         per_sample_text = y.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
         return x + per_sample_text + (0.0 if motion is None else motion)
 
-    motion = torch.full(SHAPE, 0.5)
-    both = flow.sample(
-        model_fn,
-        noise,
-        text,
-        null,
-        guidance_scale=3.0,
-        steps=1,
-        progress=False,
-        extra={"motion": motion},
-    )
-    guided = flow.sample(
-        model_fn,
-        noise,
-        text,
-        null,
-        guidance_scale=3.0,
-        steps=1,
-        progress=False,
-        extra={"motion": motion},
-        null_extra={},
-    )
+    def one_step(**kwargs):
+        return flow.sample(
+            model_fn,
+            noise,
+            text,
+            null,
+            guidance_scale=3.0,
+            steps=1,
+            progress=False,
+            extra={"motion": torch.full(SHAPE, 0.5)},
+            **kwargs,
+        )
+
+    both = one_step()
+    guided = one_step(null_extra={})
     torch.testing.assert_close(both, noise - ((noise + 0.5 - 1.0) + 3.0 * 2.0))
     torch.testing.assert_close(guided, noise - ((noise - 1.0) + 3.0 * (2.0 + 0.5)))

@@ -56,17 +56,25 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
         return read_deepspeed_checkpoint(path)
+    return read_state_dict(path), read_hyper_parameters(path)
+
+
+def read_hyper_parameters(path: Path) -> dict[str, Any]:
+    """The run's hyper-parameters stored in the file ``path`` (``{}`` where none are),
+    without reading its tensors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (a file expected)")
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
         if "hyper_parameters" in metadata:  # a full file written by this module
-            return read_state_dict(path), json.loads(metadata["hyper_parameters"])
+            return json.loads(metadata["hyper_parameters"])
         trainable = metadata.get("trainable")
-        return read_state_dict(path), {"trainable": trainable} if trainable else {}
-    # mmap: only the small hyper-parameter entry is read here, the tensors by read_state_dict.
+        return {"trainable": trainable} if trainable else {}
+    # mmap: only the small hyper-parameter entry is read, not the tensors.
     payload = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     hyper_parameters = payload.get("hyper_parameters") if isinstance(payload, dict) else None
-    return read_state_dict(path), dict(hyper_parameters or {})
+    return dict(hyper_parameters or {})
 
 
 def read_deepspeed_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -55,10 +55,9 @@ def build_vae(cfg: dict, checkpoint: str | None) -> CausalVAE3D:
 
 def check_same_motion_rgb(checkpoint: str, motion_rgb: MotionRGBConfig) -> None:
     """The motion VAE must have been trained on the flow-RGB normalisation it now encodes."""
-    from tora.convert_checkpoint import read_checkpoint
+    from tora.convert_checkpoint import read_hyper_parameters
 
-    _, hyper_parameters = read_checkpoint(Path(checkpoint))
-    trained = hyper_parameters.get("motion_rgb")
+    trained = read_hyper_parameters(Path(checkpoint)).get("motion_rgb")
     if trained is None:  # e.g. a bare .safetensors: nothing to compare
         return
     trained = MotionRGBConfig(**to_container(trained))
