@@ -248,3 +248,19 @@ def test_stage1_refuses_a_motion_vae_with_another_flow_rgb_scale(tmp_path, chain
         InstantiationException, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"
     ):
         build_module([*overrides, "model/motion_rgb=default"], tmp_path)
+
+
+def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
+    """norm and shortcut change what the VAE computes but not one state-dict key:
+    loading weights trained with another setting must fail loudly, naming it."""
+    overrides = [
+        "experiment=base_t2v",
+        f"model.vae_checkpoint={chain}/video_vae.ckpt",
+        "model.init_checkpoint=null",
+    ]
+    assert build_module(overrides, tmp_path).vae.shortcut
+    with pytest.raises(
+        InstantiationException, match=r"video_vae.ckpt was trained with another architecture "
+        r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint True vs config False\)"
+    ):
+        build_module([*overrides, "model.vae.norm=group", "model.vae.shortcut=false"], tmp_path)

@@ -258,3 +258,63 @@ def test_decoder_stream_does_not_compound_upsample_gains():
     normed = top_stream(True, 10.0) / top_stream(True, 1.0)
     assert plain > 100, plain
     assert normed < 15, normed
+
+
+def test_causal_pool_unpool_layout():
+    from tora.models.vae import causal_pool, causal_unpool
+
+    # 9 frames: frame 0 alone, then frames 1-4 and 5-8 -> 3 latent frames
+    values = torch.arange(9, dtype=torch.float32).view(1, 1, 9, 1, 1).expand(1, 1, 9, 16, 16)
+    pooled = causal_pool(values, time_factor=4, space_factor=8)
+    assert pooled.shape == (1, 1, 3, 2, 2)
+    torch.testing.assert_close(pooled[0, 0, :, 0, 0], torch.tensor([0.0, 2.5, 6.5]))
+    spread = causal_unpool(pooled, time_factor=4, space_factor=8)
+    assert spread.shape == (1, 1, 9, 16, 16)
+    torch.testing.assert_close(spread[0, 0, :, 5, 5], torch.tensor([0.0] + [2.5] * 4 + [6.5] * 4))
+
+
+def test_shortcut_passes_flat_colour_without_training():
+    """With the networks' output convs zeroed, the shortcut alone reconstructs a clip
+    that is flat per frame group exactly: the networks only learn the residual."""
+    torch.manual_seed(0)
+    vae = CausalVAE3D.tiny(shortcut=True).eval()
+    with torch.no_grad():
+        vae.encoder.conv_out.weight.zero_()
+        vae.encoder.conv_out.bias.zero_()
+        vae.decoder.conv_out.weight.zero_()
+        vae.decoder.conv_out.bias.zero_()
+        colours = torch.tensor([[0.8, -0.5, 0.2], [-0.6, 0.7, -0.3], [0.1, 0.1, -0.9]])
+        clip = colours[[0, 1, 1, 1, 1]].T.reshape(1, 3, 5, 1, 1).expand(1, 3, 5, 16, 16)
+        reconstruction = vae.decode(vae.encode(clip).mode())
+    torch.testing.assert_close(reconstruction, clip)
+    plain = CausalVAE3D.tiny(shortcut=False).eval()
+    assert plain.decode(plain.encode(clip).mode()).sub(clip).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_norms_keep_causality_and_chunking(norm):
+    torch.manual_seed(0)
+    vae = CausalVAE3D.tiny(norm=norm, shortcut=True).eval()
+    video = random_video(1, 9, 16)
+    with torch.no_grad():
+        full = vae.encode(video).mode()
+        torch.testing.assert_close(vae.encode(video, chunk_frames=5).mode(), full)
+        early = vae.encode(video[:, :, :5]).mode()
+        torch.testing.assert_close(early, full[:, :, :2])
+        decoded = vae.decode(full)
+        torch.testing.assert_close(vae.decode(full, chunk_latent_frames=1), decoded)
+        torch.testing.assert_close(vae.decode(full[:, :, :2]), decoded[:, :, :5])
+
+
+def test_channel_norm_keeps_flat_colour():
+    from tora.models.vae import ChannelNorm, FrameGroupNorm
+
+    first = torch.tensor([0.9, 0.3, -0.2, 0.5]).view(1, 4, 1, 1, 1).expand(1, 4, 1, 4, 4)
+    second = torch.tensor([-0.4, 0.8, 0.1, 0.0]).view(1, 4, 1, 1, 1).expand(1, 4, 1, 4, 4)
+    channel, group = ChannelNorm(4), FrameGroupNorm(2, 4)
+    # GroupNorm statistics over the frame send both flat frames to the same +-1 pattern ...
+    torch.testing.assert_close(group(first).abs(), group(second).abs(), atol=0.01, rtol=0)
+    # ... per-position channel statistics keep them apart
+    assert (channel(first) - channel(second)).abs().mean() > 0.5
+    with pytest.raises(ValueError, match="norm 'batch'"):
+        CausalVAE3D.tiny(norm="batch")

@@ -7,11 +7,15 @@ the small Tora-modules file. Keys are matched by prefix, strictly.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import nn
+
+from tora.models.vae import CausalVAE3D
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -54,4 +58,39 @@ def load_submodule_weights(
         raise KeyError(
             f"checkpoint {path} (prefix {prefix!r}) does not match {type(module).__name__}: "
             f"missing {result.missing_keys[:20]} unexpected {result.unexpected_keys[:20]}"
+        )
+
+
+def vae_architecture(cfg: dict) -> dict:
+    """Every :class:`CausalVAE3D` argument, constructor defaults filled in (a checkpoint
+    written before an argument existed was built with its default)."""
+    parameters = inspect.signature(CausalVAE3D).parameters
+    unknown = sorted(set(cfg) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"VAE config: unknown arguments {unknown}; expected some of {list(parameters)}"
+        )
+    full = {name: p.default for name, p in parameters.items()} | dict(cfg)
+    return {name: list(v) if isinstance(v, (tuple, ListConfig)) else v for name, v in full.items()}
+
+
+def check_same_vae(checkpoint: str, cfg: dict) -> None:
+    """Refuse VAE weights trained with another architecture: ``norm`` and ``shortcut``
+    change the computation without changing a single state-dict key."""
+    from tora.convert_checkpoint import read_hyper_parameters
+
+    trained = read_hyper_parameters(Path(checkpoint)).get("vae")
+    if trained is None:  # e.g. a bare .safetensors: nothing to compare
+        return
+    if isinstance(trained, DictConfig):
+        trained = OmegaConf.to_container(trained, resolve=True)
+    trained, wanted = vae_architecture(dict(trained)), vae_architecture(dict(cfg))
+    differ = {k: (trained[k], wanted[k]) for k in wanted if trained[k] != wanted[k]}
+    if differ:
+        listing = ", ".join(
+            f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differ.items()
+        )
+        raise ValueError(
+            f"VAE checkpoint {checkpoint} was trained with another architecture ({listing}): "
+            "retrain it (make train-video-vae) or set model.vae to match"
         )

@@ -27,7 +27,12 @@ from tora.models.stdit3 import STDiT3, STDiT3Config, load_opensora_state_dict
 from tora.models.tora import Tora
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig, draw_tracks
-from tora.training.checkpoints import load_submodule_weights, read_state_dict, select_prefix
+from tora.training.checkpoints import (
+    check_same_vae,
+    load_submodule_weights,
+    read_state_dict,
+    select_prefix,
+)
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
 from tora.training.optim import build_optimizers
@@ -49,6 +54,7 @@ def to_container(cfg: DictConfig | dict | None) -> dict:
 def build_vae(cfg: dict, checkpoint: str | None) -> CausalVAE3D:
     vae = CausalVAE3D(**cfg)
     if checkpoint:
+        check_same_vae(checkpoint, cfg)
         load_submodule_weights(vae, checkpoint, prefix="vae.")
     return vae.requires_grad_(False).eval()
 

@@ -14,7 +14,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig
-from tora.training.checkpoints import load_submodule_weights
+from tora.training.checkpoints import check_same_vae, load_submodule_weights
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, motion_condition
 from tora.training.optim import build_optimizers
@@ -61,6 +61,9 @@ class VAEModule(L.LightningModule):
         self.motion_source = MotionSourceConfig(**(motion_source or {}))
         self.motion_rgb = MotionRGBConfig(**(motion_rgb or {}))
         if init_checkpoint:
+            check_same_vae(
+                init_checkpoint, OmegaConf.to_container(OmegaConf.create(vae), resolve=True)
+            )
             load_submodule_weights(self.vae, init_checkpoint, prefix="vae.")
         if compile:
             self.vae.compile()
