@@ -260,7 +260,8 @@ def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
     ]
     assert build_module(overrides, tmp_path).vae.shortcut
     with pytest.raises(
-        InstantiationException, match=r"video_vae.ckpt was trained with another architecture "
-        r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint True vs config False\)"
+        InstantiationException,
+        match=r"video_vae.ckpt was trained with another architecture "
+        r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint True vs config False\)",
     ):
         build_module([*overrides, "model.vae.norm=group", "model.vae.shortcut=false"], tmp_path)
