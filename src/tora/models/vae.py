@@ -401,6 +401,12 @@ class CausalVAE3D(nn.Module):
         self.temporal_factor = 2 ** sum(temporal_downsample)
         self.gradient_checkpointing = False
         self.shortcut = shortcut
+        # Shortcut channel map [Z, C]: latent channel i copies input channel i % C; its
+        # column-normalised transpose averages the copies back (derived, not saved).
+        copies = torch.arange(latent_channels) % in_channels
+        self.register_buffer(
+            "shortcut_map", F.one_hot(copies, in_channels).float(), persistent=False
+        )
         architecture = dict(
             latent_channels=latent_channels,
             level_channels=[base_channels * m for m in channel_multipliers],
@@ -465,9 +471,9 @@ class CausalVAE3D(nn.Module):
             moments = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
         if self.shortcut:
             pooled = causal_pool(x, self.temporal_factor, self.spatial_factor)
-            index = torch.arange(self.latent_channels, device=x.device) % self.in_channels
+            copied = torch.einsum("zc,bcthw->bzthw", self.shortcut_map.to(pooled), pooled)
             mean, logvar = moments.chunk(2, dim=1)
-            moments = torch.cat([mean + pooled[:, index].to(mean.dtype), logvar], dim=1)
+            moments = torch.cat([mean + copied.to(mean.dtype), logvar], dim=1)
         return DiagonalGaussian(moments)
 
     def decode(self, z: torch.Tensor, chunk_latent_frames: int | None = None) -> torch.Tensor:
@@ -491,11 +497,8 @@ class CausalVAE3D(nn.Module):
             chunks = split_time(z, chunk_latent_frames, chunk_latent_frames)
             video = torch.cat([self.decoder(chunk, cache) for chunk in chunks], dim=2)
         if self.shortcut:
-            index = torch.arange(self.latent_channels, device=z.device) % self.in_channels
-            colour = z.new_zeros(z.shape[0], self.in_channels, *z.shape[2:])
-            colour = colour.index_add(1, index, z) / torch.bincount(index).view(1, -1, 1, 1, 1).to(
-                z
-            )
+            average = self.shortcut_map / self.shortcut_map.sum(dim=0)
+            colour = torch.einsum("zc,bzthw->bcthw", average.to(z), z)
             video = video + causal_unpool(colour, self.temporal_factor, self.spatial_factor)
         return video
 

@@ -74,17 +74,24 @@ def vae_architecture(cfg: dict) -> dict:
     return {name: list(v) if isinstance(v, (tuple, ListConfig)) else v for name, v in full.items()}
 
 
+def stored_hyper_parameter(checkpoint: str | Path, key: str) -> dict | None:
+    """The hyper-parameter ``key`` a checkpoint file was trained with, as plain
+    containers; None where the file stores none (e.g. a bare .safetensors)."""
+    from tora.convert_checkpoint import read_hyper_parameters  # imports this module
+
+    value = read_hyper_parameters(Path(checkpoint)).get(key)
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return None if value is None else dict(value)
+
+
 def check_same_vae(checkpoint: str, cfg: dict) -> None:
     """Refuse VAE weights trained with another architecture: ``norm`` and ``shortcut``
     change the computation without changing a single state-dict key."""
-    from tora.convert_checkpoint import read_hyper_parameters
-
-    trained = read_hyper_parameters(Path(checkpoint)).get("vae")
-    if trained is None:  # e.g. a bare .safetensors: nothing to compare
+    trained = stored_hyper_parameter(checkpoint, "vae")
+    if trained is None:
         return
-    if isinstance(trained, DictConfig):
-        trained = OmegaConf.to_container(trained, resolve=True)
-    trained, wanted = vae_architecture(dict(trained)), vae_architecture(dict(cfg))
+    trained, wanted = vae_architecture(trained), vae_architecture(dict(cfg))
     differ = {k: (trained[k], wanted[k]) for k in wanted if trained[k] != wanted[k]}
     if differ:
         listing = ", ".join(
@@ -94,3 +101,10 @@ def check_same_vae(checkpoint: str, cfg: dict) -> None:
             f"VAE checkpoint {checkpoint} was trained with another architecture ({listing}): "
             "retrain it (make train-video-vae) or set model.vae to match"
         )
+
+
+def load_vae_weights(vae: nn.Module, cfg: dict, checkpoint: str) -> None:
+    """Load a VAE (``vae.`` prefix) from ``checkpoint`` after checking that it was
+    trained with the architecture ``cfg`` describes."""
+    check_same_vae(checkpoint, cfg)
+    load_submodule_weights(vae, checkpoint, prefix="vae.")

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -28,10 +27,10 @@ from tora.models.tora import Tora
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig, draw_tracks
 from tora.training.checkpoints import (
-    check_same_vae,
-    load_submodule_weights,
+    load_vae_weights,
     read_state_dict,
     select_prefix,
+    stored_hyper_parameter,
 )
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
@@ -54,19 +53,16 @@ def to_container(cfg: DictConfig | dict | None) -> dict:
 def build_vae(cfg: dict, checkpoint: str | None) -> CausalVAE3D:
     vae = CausalVAE3D(**cfg)
     if checkpoint:
-        check_same_vae(checkpoint, cfg)
-        load_submodule_weights(vae, checkpoint, prefix="vae.")
+        load_vae_weights(vae, cfg, checkpoint)
     return vae.requires_grad_(False).eval()
 
 
 def check_same_motion_rgb(checkpoint: str, motion_rgb: MotionRGBConfig) -> None:
     """The motion VAE must have been trained on the flow-RGB normalisation it now encodes."""
-    from tora.convert_checkpoint import read_hyper_parameters
-
-    trained = read_hyper_parameters(Path(checkpoint)).get("motion_rgb")
+    trained = stored_hyper_parameter(checkpoint, "motion_rgb")
     if trained is None:  # e.g. a bare .safetensors: nothing to compare
         return
-    trained = MotionRGBConfig(**to_container(trained))
+    trained = MotionRGBConfig(**trained)
     if trained != motion_rgb:
         raise ValueError(
             f"model.motion_encoder.checkpoint {checkpoint} was trained with motion_rgb {trained}, "

@@ -14,7 +14,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig
-from tora.training.checkpoints import check_same_vae, load_submodule_weights
+from tora.training.checkpoints import load_vae_weights
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, motion_condition
 from tora.training.optim import build_optimizers
@@ -57,14 +57,12 @@ class VAEModule(L.LightningModule):
         if input not in INPUTS:
             raise ValueError(f"VAE input {input!r}: one of {INPUTS} expected")
         self.save_hyperparameters()
-        self.vae = CausalVAE3D(**OmegaConf.to_container(OmegaConf.create(vae), resolve=True))
+        vae_cfg = OmegaConf.to_container(OmegaConf.create(vae), resolve=True)
+        self.vae = CausalVAE3D(**vae_cfg)
         self.motion_source = MotionSourceConfig(**(motion_source or {}))
         self.motion_rgb = MotionRGBConfig(**(motion_rgb or {}))
         if init_checkpoint:
-            check_same_vae(
-                init_checkpoint, OmegaConf.to_container(OmegaConf.create(vae), resolve=True)
-            )
-            load_submodule_weights(self.vae, init_checkpoint, prefix="vae.")
+            load_vae_weights(self.vae, vae_cfg, init_checkpoint)
         if compile:
             self.vae.compile()
 
