@@ -35,6 +35,16 @@ def synthetic_shards(tmp_path_factory) -> Path:
     return out
 
 
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """``configs/<config_name>.yaml`` through ``hydra.compose``, with the Hydra runtime
+    config set as an entry point's ``@hydra.main`` sets it (``${hydra:...}`` resolves)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+    return cfg
+
+
 def compose_train(
     overrides: list[str],
     run_dir: Path,
@@ -55,11 +65,7 @@ def compose_train(
             f"data.train_shards={shards}/train-*.tar",
             f"data.val_shards={shards}/val-*.tar",
         ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=test_overrides + overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        return resolved(cfg)
+    return resolved(compose_config("train", test_overrides + overrides))
 
 
 @pytest.fixture(scope="session")

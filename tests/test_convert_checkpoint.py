@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -104,7 +105,7 @@ def test_full_file_holds_every_tensor_of_the_module(modules, tmp_path):
         metadata = file.metadata()
     assert metadata["source"] == str(ckpt.resolve())
     assert metadata["num_tensors"] == str(len(expected)) == str(summary["tensors"])
-    assert metadata["trainable"] == "temporal"
+    assert json.loads(metadata["hyper_parameters"])["trainable"] == "temporal"
     assert summary["parameters"] == sum(v.numel() for v in expected.values())
     # What the sampling code does with it.
     copy.deepcopy(modules[0]).load_state_dict(

@@ -7,21 +7,10 @@ import json
 import shutil
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from conftest import compose_config
 
 from tora.evaluate import evaluate
 from tora.report import report
-from tora.utils.config import CONFIG_DIR
-
-
-def compose_eval(config_name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-    return cfg
 
 
 def common(tmp_path, shards) -> list[str]:
@@ -37,12 +26,13 @@ def common(tmp_path, shards) -> list[str]:
 
 def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_shards):
     out = tmp_path / "eval"
-    cfg = compose_eval(
+    cfg = compose_config(
         "evaluate",
         [
             f"ckpt={chain}/stage2_traj.ckpt",
             f"out_dir={out}",
             "tracker=mask_centroid",
+            "extra_trackers=[lucas_kanade]",
             *common(tmp_path, synthetic_shards),
         ],
     )
@@ -53,14 +43,21 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     for row in saved["variants"].values():
         assert row["trajerror"] >= 0 and row["seconds_per_clip"] > 0
         assert len(row["trajerror_per_frame"]) == 17
+        # The headline tracker first, the extra one beside it.
+        assert list(row["by_tracker"]) == ["mask_centroid", "lucas_kanade"]
+        assert row["by_tracker"]["mask_centroid"]["trajerror"] == row["trajerror"]
+        assert 0 <= row["by_tracker"]["lucas_kanade"]["coverage"] <= 1
         assert row["fvd"] == {
             "available": False,
             "reason": "no I3D TorchScript configured: set eval.metrics.i3d_path",
         }
     # The exact tracker recovers the real clips' object tracks almost perfectly.
     assert metrics["tracker_floor_on_real_clips"] < 1.0
+    assert metrics["tracker_floors"]["mask_centroid"] == metrics["tracker_floor_on_real_clips"]
+    assert set(metrics["tracker_floors"]) == {"mask_centroid", "lucas_kanade"}
     report_md = (out / "report.md").read_text()
     assert "| tora |" in report_md and "| no_control |" in report_md
+    assert "TrajError `mask_centroid` (coverage) | TrajError `lucas_kanade` (coverage)" in report_md
     assert "FVD unavailable" in report_md
     assert len(list((out / "frames").glob("*.png"))) == 2
     assert list((tmp_path / "logs" / "tensorboard" / "evaluate").glob("events.out.tfevents.*"))
@@ -76,7 +73,7 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
         (run / ".hydra" / "overrides.yaml").write_text(
             yaml.safe_dump(["experiment=ablation", f"model/fuser={fuser}"])
         )
-    cfg = compose_eval("report", [f"sweep_dir={sweep}", *common(tmp_path, synthetic_shards)])
+    cfg = compose_config("report", [f"sweep_dir={sweep}", *common(tmp_path, synthetic_shards)])
     rows = report(cfg)
     assert [r["variant"] for r in rows][:2] == [
         "model/fuser=adaptive_norm",
@@ -86,5 +83,6 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
     with open(sweep / "ablation.csv") as file:
         table = list(csv.DictReader(file))
     assert len(table) == 3 and float(table[0]["trajerror_px"]) >= 0
+    assert float(table[0]["trajerror_mask_centroid_px"]) >= 0  # the extra tracker's column
     assert (sweep / "trajerror.png").stat().st_size > 1000
     assert "model/fuser=cross_attn" in (sweep / "ablation.md").read_text()

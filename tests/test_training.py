@@ -258,10 +258,23 @@ def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
         f"model.vae_checkpoint={chain}/video_vae.ckpt",
         "model.init_checkpoint=null",
     ]
-    assert build_module(overrides, tmp_path).vae.shortcut
+    assert build_module(overrides, tmp_path).vae.shortcut == "per_frame"
     with pytest.raises(
         InstantiationException,
         match=r"video_vae.ckpt was trained with another architecture "
-        r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint True vs config False\)",
+        r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint 'per_frame' vs config 'none'\)",
     ):
         build_module([*overrides, "model.vae.norm=group", "model.vae.shortcut=false"], tmp_path)
+    with pytest.raises(
+        InstantiationException,
+        match="backbone.in_channels=4 but the VAE has latent_channels=16",
+    ):
+        build_module([*overrides, "model.backbone.in_channels=4"], tmp_path)
+
+
+def test_vae_architecture_reads_the_older_boolean_shortcut():
+    """Checkpoints written before the per-frame shortcut stored shortcut: true/false."""
+    from tora.training.checkpoints import vae_architecture
+
+    assert vae_architecture({"shortcut": True}) == vae_architecture({"shortcut": "pooled"})
+    assert vae_architecture({"shortcut": False})["shortcut"] == "none"

@@ -44,7 +44,7 @@ def test_causal_conv_replicates_first_frame_as_past():
 def test_shapes_17_frames(vae):
     video = random_video(2, 17, 64)
     posterior = vae.encode(video)
-    assert posterior.mean.shape == (2, 4, 5, 8, 8)
+    assert posterior.mean.shape == (2, 16, 5, 8, 8)
     assert vae.decode(posterior.sample()).shape == (2, 3, 17, 64, 64)
     reconstruction, _ = vae(video)
     assert reconstruction.shape == video.shape
@@ -54,7 +54,7 @@ def test_shapes_17_frames(vae):
 @torch.no_grad()
 def test_single_frame(vae):
     posterior = vae.encode(random_video(1, 1, 32))
-    assert posterior.mean.shape == (1, 4, 1, 4, 4)
+    assert posterior.mean.shape == (1, 16, 1, 4, 4)
     assert vae.decode(posterior.mode()).shape == (1, 3, 1, 32, 32)
 
 
@@ -80,7 +80,7 @@ def test_encoder_is_causal(vae):
 
 @torch.no_grad()
 def test_decoder_is_causal(vae):
-    latents = torch.randn(1, 4, 4, 4, 4)
+    latents = torch.randn(1, 16, 4, 4, 4)
     frames = vae.decode(latents)
     for j in range(latents.shape[2]):
         future_changed = latents.clone()
@@ -106,7 +106,7 @@ def test_chunked_encode_matches_full(vae, frames, chunk_frames):
 @torch.no_grad()
 @pytest.mark.parametrize("chunk_latent_frames", [1, 2, 3])
 def test_chunked_decode_matches_full(vae, chunk_latent_frames):
-    latents = torch.randn(1, 4, 5, 4, 4)
+    latents = torch.randn(1, 16, 5, 4, 4)
     full = vae.decode(latents)
     chunked = vae.decode(latents, chunk_latent_frames=chunk_latent_frames)
     assert chunked.shape == (1, 3, 17, 32, 32)
@@ -133,7 +133,7 @@ def test_posterior_sampling_and_logvar_clamp():
 @torch.no_grad()
 def test_latent_normalisation_round_trip():
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny().eval()
+    vae = CausalVAE3D.tiny(latent_channels=4, shortcut="pooled").eval()
     video = random_video(1, 5, 32)
     mean, std = torch.tensor([0.1, -0.2, 0.3, 0.0]), torch.tensor([2.0, 0.5, 1.0, 4.0])
     vae.set_latent_statistics(mean, std)
@@ -142,7 +142,7 @@ def test_latent_normalisation_round_trip():
     torch.testing.assert_close(normalised, (z - mean.view(1, 4, 1, 1, 1)) / std.view(1, 4, 1, 1, 1))
     torch.testing.assert_close(vae.decode_latents(normalised), vae.decode(z), rtol=0, atol=1e-5)
 
-    restored = CausalVAE3D.tiny()
+    restored = CausalVAE3D.tiny(latent_channels=4, shortcut="pooled")
     buffer = io.BytesIO()
     torch.save(vae.state_dict(), buffer)
     buffer.seek(0)
@@ -168,7 +168,7 @@ def test_encode_rejects_bad_shapes(vae, shape, message):
 def test_bad_chunks_and_latents_rejected(vae):
     with pytest.raises(ValueError, match="chunk_frames=8"):
         vae.encode(torch.zeros(1, 3, 17, 32, 32), chunk_frames=8)
-    with pytest.raises(ValueError, match="3 channels, expected latent_channels=4"):
+    with pytest.raises(ValueError, match="3 channels, expected latent_channels=16"):
         vae.decode(torch.zeros(1, 3, 2, 4, 4))
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         vae.set_latent_statistics(torch.zeros(3), torch.ones(3))
@@ -237,7 +237,7 @@ def test_decoder_stream_does_not_compound_upsample_gains():
     """Scale every decoder upsample conv by 10: without the RMS norm the full-resolution
     stream grows ~300x (the failure a 3000-step VAE showed: 1.4e6); with it, 10x."""
     torch.manual_seed(0)
-    z = torch.randn(1, 4, 2, 4, 4)
+    z = torch.randn(1, 16, 2, 4, 4)
 
     def top_stream(upsample_norm: bool, gain: float) -> float:
         torch.manual_seed(0)
@@ -260,33 +260,62 @@ def test_decoder_stream_does_not_compound_upsample_gains():
     assert normed < 15, normed
 
 
-def test_causal_pool_unpool_layout():
-    from tora.models.vae import causal_pool, causal_unpool
+def test_latent_group_layout():
+    from tora.models.vae import frames_from_groups, latent_groups
 
-    # 9 frames: frame 0 alone, then frames 1-4 and 5-8 -> 3 latent frames
+    # 9 frames: frame 0 alone (in every slot), then frames 1-4 and 5-8 -> 3 latent frames
     values = torch.arange(9, dtype=torch.float32).view(1, 1, 9, 1, 1).expand(1, 1, 9, 16, 16)
-    pooled = causal_pool(values, time_factor=4, space_factor=8)
-    assert pooled.shape == (1, 1, 3, 2, 2)
-    torch.testing.assert_close(pooled[0, 0, :, 0, 0], torch.tensor([0.0, 2.5, 6.5]))
-    spread = causal_unpool(pooled, time_factor=4, space_factor=8)
-    assert spread.shape == (1, 1, 9, 16, 16)
-    torch.testing.assert_close(spread[0, 0, :, 5, 5], torch.tensor([0.0] + [2.5] * 4 + [6.5] * 4))
+    groups = latent_groups(values, time_factor=4, space_factor=8)
+    assert groups.shape == (1, 1, 4, 3, 2, 2)
+    torch.testing.assert_close(
+        groups[0, 0, :, :, 0, 0], torch.tensor([[0.0, 1, 5], [0, 2, 6], [0, 3, 7], [0, 4, 8]])
+    )
+    torch.testing.assert_close(frames_from_groups(groups, space_factor=8), values)
 
 
-def test_shortcut_passes_flat_colour_without_training():
+def test_shortcut_membership():
+    from tora.models.vae import shortcut_membership
+
+    pooled = shortcut_membership("pooled", latent_channels=4, in_channels=3, time_factor=4)
+    # latent channel z carries colour z % 3 of all four frames of its group
+    assert pooled.shape == (4, 4, 3)
+    torch.testing.assert_close(pooled[:, 0], torch.eye(3)[[0, 1, 2, 0]])
+    assert (pooled == pooled[:, :1]).all()
+    per_frame = shortcut_membership("per_frame", latent_channels=16, in_channels=3, time_factor=4)
+    # four slots of four channels (colours 0, 1, 2, 0), one slot per frame of the group
+    frame_of, colour_of = per_frame.nonzero()[:, 1], per_frame.nonzero()[:, 2]
+    assert frame_of.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert colour_of.tolist() == [0, 1, 2, 0] * 4
+    with pytest.raises(
+        ValueError,
+        match="latent_channels=8 must be a multiple of the time factor 4 and at least 12",
+    ):
+        CausalVAE3D.tiny(latent_channels=8)
+    with pytest.raises(ValueError, match="shortcut 'frames': one of"):
+        CausalVAE3D.tiny(shortcut="frames")
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "latent_channels", "flat_within"),
+    [(True, 4, "group"), ("pooled", 16, "group"), ("per_frame", 16, "frame")],
+)
+def test_shortcut_passes_flat_colour_without_training(shortcut, latent_channels, flat_within):
     """With the networks' output convs zeroed, the shortcut alone reconstructs a clip
-    that is flat per frame group exactly: the networks only learn the residual."""
+    that is flat per frame group (pooled) or per frame (per_frame) exactly: the
+    networks only learn the residual."""
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny(shortcut=True).eval()
+    vae = CausalVAE3D.tiny(shortcut=shortcut, latent_channels=latent_channels).eval()
     with torch.no_grad():
-        vae.encoder.conv_out.weight.zero_()
-        vae.encoder.conv_out.bias.zero_()
-        vae.decoder.conv_out.weight.zero_()
-        vae.decoder.conv_out.bias.zero_()
-        colours = torch.tensor([[0.8, -0.5, 0.2], [-0.6, 0.7, -0.3], [0.1, 0.1, -0.9]])
-        clip = colours[[0, 1, 1, 1, 1]].T.reshape(1, 3, 5, 1, 1).expand(1, 3, 5, 16, 16)
-        reconstruction = vae.decode(vae.encode(clip).mode())
-    torch.testing.assert_close(reconstruction, clip)
+        for conv in (vae.encoder.conv_out, vae.decoder.conv_out):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        colours = torch.rand(9, 3) * 2 - 1
+        per_group = colours[[0, 1, 1, 1, 1, 2, 2, 2, 2]]
+        per_frame = colours
+        for clip_colours, exact in ((per_group, True), (per_frame, flat_within == "frame")):
+            clip = clip_colours.T.reshape(1, 3, 9, 1, 1).expand(1, 3, 9, 16, 16)
+            error = vae.decode(vae.encode(clip).mode()).sub(clip).abs().max()
+            assert (error < 1e-5) == exact, (clip_colours is per_frame, float(error))
     plain = CausalVAE3D.tiny(shortcut=False).eval()
     assert plain.decode(plain.encode(clip).mode()).sub(clip).abs().mean() > 0.1
 
@@ -294,7 +323,7 @@ def test_shortcut_passes_flat_colour_without_training():
 @pytest.mark.parametrize("norm", ["group", "channel"])
 def test_norms_keep_causality_and_chunking(norm):
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny(norm=norm, shortcut=True).eval()
+    vae = CausalVAE3D.tiny(norm=norm).eval()
     video = random_video(1, 9, 16)
     with torch.no_grad():
         full = vae.encode(video).mode()

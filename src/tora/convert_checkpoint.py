@@ -67,10 +67,8 @@ def read_hyper_parameters(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
-        if "hyper_parameters" in metadata:  # a full file written by this module
-            return json.loads(metadata["hyper_parameters"])
-        trainable = metadata.get("trainable")
-        return {"trainable": trainable} if trainable else {}
+        # Written by this module with the run's hyper-parameters (trainable included).
+        return json.loads(metadata.get("hyper_parameters", "{}"))
     # mmap: only the small hyper-parameter entry is read, not the tensors.
     payload = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     hyper_parameters = payload.get("hyper_parameters") if isinstance(payload, dict) else None
@@ -196,8 +194,6 @@ def convert_checkpoint(
         "num_tensors": str(len(tensors)),
         "content": content,
     }
-    if hyper_parameters.get("trainable"):
-        metadata["trainable"] = str(hyper_parameters["trainable"])
     if hyper_parameters:
         # The module's constructor arguments, so a full file rebuilds its module alone.
         metadata["hyper_parameters"] = json.dumps(hyper_parameters, default=str)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -68,18 +69,27 @@ def held_out_clips(cfg: DictConfig) -> list[dict]:
     return clips
 
 
-def make_tracker(cfg: DictConfig, clip: dict):
-    if cfg.tracker == "lucas_kanade":
+def tracker_names(cfg: DictConfig) -> list[str]:
+    """The headline tracker, then the extra ones (each reported beside it)."""
+    names = [cfg.tracker, *[t for t in cfg.get("extra_trackers", []) if t != cfg.tracker]]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise ValueError(f"tracker {unknown[0]!r}: one of {TRACKERS} expected")
+    return names
+
+
+def make_tracker(name: str, cfg: DictConfig, clip: dict):
+    if name == "lucas_kanade":
         return LucasKanadeTracker()
-    if cfg.tracker == "cotracker":
+    if name == "cotracker":
         return CoTrackerTracker(cfg.cotracker_path)
-    if cfg.tracker == "mask_centroid":
+    if name == "mask_centroid":
         # Synthetic world: an object is its colour, read off the real first frame
         # at the requested start point.
         start = clip["tracks"][:, 0].round().long().numpy()
         colors = clip["video"][0][start[:, 1], start[:, 0]]
         return MaskCentroidTracker(colors)
-    raise ValueError(f"tracker {cfg.tracker!r}: one of {TRACKERS} expected")
+    raise ValueError(f"tracker {name!r}: one of {TRACKERS} expected")
 
 
 def fmt(value: float | dict, digits: int) -> str:
@@ -139,18 +149,15 @@ def evaluate(cfg: DictConfig) -> dict:
         "steps": cfg.steps,
         "variants": {},
     }
+    trackers = tracker_names(cfg)
     for name, videos in generated.items():
-        results = [
-            TrajError(make_tracker(cfg, clip), reference)(video, clip["tracks"])
-            for clip, video in zip(clips, videos, strict=True)
-        ]
-        per_track = np.concatenate([r.per_track for r in results])
-        per_frame = np.nanmean(np.stack([r.per_frame for r in results]), axis=0)
+        by_tracker = {
+            tracker: trajectory_errors(cfg, tracker, clips, videos, reference)
+            for tracker in trackers
+        }
         row = {
-            "trajerror": float(np.nanmean(per_track)),
-            "trajerror_per_frame": [round(float(v), 4) for v in per_frame],
-            "trajerror_per_clip": [float(r.mean) for r in results],
-            "coverage": float(np.mean([r.coverage for r in results])),
+            **by_tracker[cfg.tracker],
+            "by_tracker": by_tracker,
             # Wall time of generation (sampling + VAE decode), batch_size clips at a time.
             "seconds_per_clip": round(seconds[name] / len(videos), 3),
         }
@@ -165,16 +172,38 @@ def evaluate(cfg: DictConfig) -> dict:
             else clip_metric.as_dict()
         )
         metrics["variants"][name] = row
-    # Ground truth through the same tracker: the floor the tracker itself sets.
-    truth = [
-        TrajError(make_tracker(cfg, c), reference)(c["video"], c["tracks"]).mean for c in clips
-    ]
-    metrics["tracker_floor_on_real_clips"] = float(np.nanmean(truth))
+    # Ground truth through the same trackers: the floor each tracker itself sets.
+    floors = {
+        tracker: trajectory_errors(cfg, tracker, clips, [c["video"] for c in clips], reference)
+        for tracker in trackers
+    }
+    metrics["tracker_floor_on_real_clips"] = floors[cfg.tracker]["trajerror"]
+    metrics["tracker_floors"] = {t: floor["trajerror"] for t, floor in floors.items()}
 
     write_report(cfg, out_dir, clips, generated, metrics)
     log_tensorboard(cfg, clips, generated, metrics)
     print_metrics(metrics)
     return metrics
+
+
+def trajectory_errors(cfg, tracker: str, clips, videos, reference) -> dict:
+    """TrajError of ``videos`` against their clips' tracks, recovered by ``tracker``."""
+    results = [
+        TrajError(make_tracker(tracker, cfg, clip), reference)(video, clip["tracks"])
+        for clip, video in zip(clips, videos, strict=True)
+    ]
+    per_track = np.concatenate([r.per_track for r in results])
+    with (
+        warnings.catch_warnings()
+    ):  # a frame no clip's object was found in: NaN, counted in coverage
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_frame = np.nanmean(np.stack([r.per_frame for r in results]), axis=0)
+    return {
+        "trajerror": float(np.nanmean(per_track)),
+        "trajerror_per_frame": [round(float(v), 4) for v in per_frame],
+        "trajerror_per_clip": [float(r.mean) for r in results],
+        "coverage": float(np.mean([r.coverage for r in results])),
+    }
 
 
 def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
@@ -183,15 +212,22 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
         "# Evaluation",
         "",
         f"checkpoint: `{cfg.ckpt}`; {metrics['num_clips']} held-out clips; {cfg.steps} steps, "
-        f"CFG {cfg.cfg_scale}; tracker `{cfg.tracker}` (its error on the real clips: "
-        f"{metrics['tracker_floor_on_real_clips']:.2f} px).",
+        f"CFG {cfg.cfg_scale}. TrajError (px) by tracker, with the share of points it found "
+        "(coverage); each tracker's error on the real clips: "
+        + ", ".join(f"`{t}` {floor:.2f} px" for t, floor in metrics["tracker_floors"].items())
+        + ".",
         "",
-        "| variant | TrajError (px) | FVD | CLIPSIM | s/clip |",
-        "|---|---|---|---|---|",
+        "| variant | "
+        + " | ".join(f"TrajError `{t}` (coverage)" for t in metrics["tracker_floors"])
+        + " | FVD | CLIPSIM | s/clip |",
+        "|---|" + "---|" * (len(metrics["tracker_floors"]) + 3),
     ]
     for name, row in metrics["variants"].items():
+        errors = " | ".join(
+            f"{r['trajerror']:.2f} ({r['coverage']:.2f})" for r in row["by_tracker"].values()
+        )
         lines.append(
-            f"| {name} | {row['trajerror']:.2f} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} "
+            f"| {name} | {errors} | {fmt(row['fvd'], 1)} | {fmt(row['clipsim'], 4)} "
             f"| {row['seconds_per_clip']:.2f} |"
         )
     unavailable = {
@@ -224,6 +260,8 @@ def log_tensorboard(cfg, clips, generated, metrics) -> None:
     writer = SummaryWriter(str(Path(cfg.paths.log_dir) / "tensorboard" / "evaluate"))
     for name, row in metrics["variants"].items():
         writer.add_scalar(f"eval/{name}/trajerror", row["trajerror"], 0)
+        for tracker, result in row["by_tracker"].items():
+            writer.add_scalar(f"eval/{name}/trajerror_{tracker}", result["trajerror"], 0)
         for metric in ("fvd", "clipsim"):
             if isinstance(row[metric], float):
                 writer.add_scalar(f"eval/{name}/{metric}", row[metric], 0)
@@ -234,14 +272,16 @@ def log_tensorboard(cfg, clips, generated, metrics) -> None:
 
 
 def print_metrics(metrics: dict) -> None:
-    table = Table(title=f"evaluation ({metrics['num_clips']} clips, tracker {metrics['tracker']})")
-    for column in ("variant", "TrajError (px)", "coverage", "FVD", "CLIPSIM", "s/clip"):
+    table = Table(title=f"evaluation ({metrics['num_clips']} clips; TrajError px, coverage)")
+    table.add_column("variant")
+    for tracker in metrics["tracker_floors"]:
+        table.add_column(tracker)
+    for column in ("FVD", "CLIPSIM", "s/clip"):
         table.add_column(column)
     for name, row in metrics["variants"].items():
         table.add_row(
             name,
-            f"{row['trajerror']:.2f}",
-            f"{row['coverage']:.2f}",
+            *[f"{r['trajerror']:.2f} ({r['coverage']:.2f})" for r in row["by_tracker"].values()],
             fmt(row["fvd"], 1),
             fmt(row["clipsim"], 4),
             f"{row['seconds_per_clip']:.2f}",

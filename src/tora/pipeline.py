@@ -135,8 +135,10 @@ class ToraPipeline:
         ).to(device)
 
         extra = {"fps": torch.full((batch,), float(fps), device=device)}
-        null_extra = dict(extra) if motion_in_guidance else None
+        null_extra = None  # the unconditional branch gets `extra` too: motion in both
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
+            if motion_in_guidance:
+                null_extra = dict(extra)  # the unconditional branch without the motion
             latents = self.motion_latents(requests, num_frames, height, width)
             extra["motion_features"] = module.model.motion_guidance.extract(latents)
 
@@ -155,7 +157,7 @@ class ToraPipeline:
             frame_mask=frame_mask,
             x_given=x_given,
             progress=progress,
-            null_extra=null_extra if "motion_features" in extra else None,
+            null_extra=null_extra,
         )
         decoded = module.vae.decode_latents(latents)
         return np.stack([as_uint8_frames(video) for video in decoded])

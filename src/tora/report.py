@@ -80,18 +80,29 @@ def report(cfg: DictConfig) -> list[dict]:
 
 
 def summary(row: dict) -> dict:
-    return {"trajerror": row["trajerror"], "fvd": row["fvd"], "clipsim": row["clipsim"]}
+    """The headline TrajError, each extra tracker's, FVD and CLIPSIM of one variant."""
+    extra = {t: r["trajerror"] for t, r in list(row["by_tracker"].items())[1:]}
+    return {
+        "trajerror": row["trajerror"],
+        "extra": extra,
+        "fvd": row["fvd"],
+        "clipsim": row["clipsim"],
+    }
 
 
 def write_tables(sweep_dir: Path, rows: list[dict], cfg: DictConfig) -> None:
+    extra = list(rows[0]["extra"])
     with open(sweep_dir / "ablation.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["variant", "trajerror_px", "fvd", "clipsim"])
+        writer.writerow(
+            ["variant", "trajerror_px", *[f"trajerror_{t}_px" for t in extra], "fvd", "clipsim"]
+        )
         for row in rows:
             writer.writerow(
                 [
                     row["variant"],
                     f"{row['trajerror']:.4f}",
+                    *[f"{row['extra'][t]:.4f}" for t in extra],
                     fmt(row["fvd"], 2),
                     fmt(row["clipsim"], 4),
                 ]
@@ -102,11 +113,15 @@ def write_tables(sweep_dir: Path, rows: list[dict], cfg: DictConfig) -> None:
         f"{date.today().isoformat()}; {cfg.num_samples} held-out clips, {cfg.steps} sampling steps, "
         f"CFG {cfg.cfg_scale}, tracker `{cfg.tracker}`.",
         "",
-        "| variant | TrajError (px) ↓ | FVD ↓ | CLIPSIM ↑ |",
-        "|---|---|---|---|",
+        "| variant | TrajError (px) ↓ | "
+        + "".join(f"TrajError `{t}` (px) ↓ | " for t in extra)
+        + "FVD ↓ | CLIPSIM ↑ |",
+        "|---|---|" + "---|" * len(extra) + "---|---|",
     ]
     lines += [
-        f"| {r['variant']} | {r['trajerror']:.2f} | {fmt(r['fvd'], 1)} | {fmt(r['clipsim'], 4)} |"
+        f"| {r['variant']} | {r['trajerror']:.2f} | "
+        + "".join(f"{r['extra'][t]:.2f} | " for t in extra)
+        + f"{fmt(r['fvd'], 1)} | {fmt(r['clipsim'], 4)} |"
         for r in rows
     ]
     lines += ["", "![TrajError](trajerror.png)", ""]

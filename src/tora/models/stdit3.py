@@ -34,6 +34,7 @@ from tora.models.layers.embeddings import (
     ScalarEmbedder,
     sincos_2d_position_embedding,
 )
+from tora.utils.state_dict import read_state_dict
 
 FuseFn = Callable[[torch.Tensor, str, int, int, int, int], torch.Tensor]
 """``fuse(h [B, T*S, C], kind "spatial"|"temporal", index, T, H, W) -> h``, called on the
@@ -409,36 +410,6 @@ class StateDictMismatchError(RuntimeError):
     """A checkpoint's keys or shapes do not match the model."""
 
 
-def read_opensora_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``,
-    or from a directory holding ``model.safetensors`` (a Hugging Face snapshot).
-
-    A dict nested under ``"state_dict"`` or ``"model"`` is unwrapped and
-    ``module.`` prefixes (DDP) are stripped.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path), device="cpu")
-    elif path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(
-            f"checkpoint {path}: unknown format {path.suffix!r}; "
-            "expected .safetensors, .pt, .pth, .bin or .ckpt"
-        )
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
 def _list_keys(title: str, keys: list[str], limit: int = 20) -> str:
     shown = ", ".join(keys[:limit]) + (
         f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
@@ -458,7 +429,9 @@ def load_opensora_state_dict(
     Returns ``model.load_state_dict``'s result (missing / unexpected keys).
     """
     name = "state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
-    state_dict = dict(source) if isinstance(source, Mapping) else read_opensora_state_dict(source)
+    state_dict = (
+        dict(source) if isinstance(source, Mapping) else read_state_dict(source, weights_only=True)
+    )
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]

@@ -318,24 +318,67 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
 
-def causal_pool(x: torch.Tensor, time_factor: int, space_factor: int) -> torch.Tensor:
-    """Average ``[B, C, T, H, W]`` onto the latent grid ``[B, C, (T - 1) / tf + 1, H / sf, W / sf]``:
-    frame 0 alone, then each group of ``time_factor`` frames (the encoder's causal layout)."""
-    first, rest = x[:, :, :1], x[:, :, 1:]
-    if rest.shape[2]:
-        rest = rearrange(rest, "b c (t f) h w -> b c t f h w", f=time_factor).mean(dim=3)
-        first = torch.cat([first, rest], dim=2)
-    return F.avg_pool3d(first, (1, space_factor, space_factor))
+SHORTCUTS = ("none", "pooled", "per_frame")
 
 
-def causal_unpool(z: torch.Tensor, time_factor: int, space_factor: int) -> torch.Tensor:
-    """The inverse layout of :func:`causal_pool`: latent frame 0 -> frame 0, frame j -> frames
-    4j-3..4j (repeated); bilinear in space."""
-    b = z.shape[0]
-    frames = rearrange(z, "b c t h w -> (b t) c h w")
+def shortcut_mode(value: bool | str) -> str:
+    """A ``shortcut`` setting as one of :data:`SHORTCUTS` (``False``/``True``, the older
+    boolean form stored in checkpoints, read as ``none``/``pooled``)."""
+    mode = {False: "none", True: "pooled"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in SHORTCUTS:
+        raise ValueError(f"VAE shortcut {value!r}: one of {SHORTCUTS} (or a bool) expected")
+    return mode
+
+
+def shortcut_membership(mode: str, latent_channels: int, in_channels: int, time_factor: int):
+    """Which input values each latent channel of the shortcut carries: ``[Z, F, C]``
+    0/1, ``F = time_factor`` frames of a latent group, ``C`` input channels.
+
+    ``pooled``: latent channel ``z`` carries input channel ``z % C`` of every frame of
+    its group (their average). ``per_frame``: the ``Z`` channels split into ``F``
+    slots, one per frame of the group; channel ``z`` carries input channel
+    ``(z % (Z / F)) % C`` of frame ``z // (Z / F)``, so the low-pass path keeps when
+    within a group things happen (no temporal ghosting from the shortcut).
+    """
+    z = torch.arange(latent_channels)
+    if mode == "pooled":
+        frame_of = torch.ones(latent_channels, time_factor, dtype=torch.bool)
+        channel_of = z % in_channels
+    else:
+        slot = latent_channels // time_factor
+        if latent_channels % time_factor or slot < in_channels:
+            raise ValueError(
+                f"VAE shortcut per_frame: latent_channels={latent_channels} must be a multiple of "
+                f"the time factor {time_factor} and at least {time_factor * in_channels} "
+                f"(one slot of >= {in_channels} channels per frame of a latent group)"
+            )
+        frame_of = F.one_hot(z // slot, time_factor).bool()
+        channel_of = (z % slot) % in_channels
+    return (frame_of[:, :, None] & F.one_hot(channel_of, in_channels).bool()[:, None]).float()
+
+
+def latent_groups(x: torch.Tensor, time_factor: int, space_factor: int) -> torch.Tensor:
+    """Average ``[B, C, T, H, W]`` onto the latent grid, keeping the frames of each
+    latent group apart: ``[B, C, F, t, h, w]`` with ``F = time_factor``,
+    ``t = (T - 1) / F + 1``. Latent frame 0 is frame 0 alone (in every slot), latent
+    frame ``j`` the frames ``F(j - 1) + 1 .. Fj`` (the encoder's causal layout)."""
+    x = F.avg_pool3d(x, (1, space_factor, space_factor))
+    first = x[:, :, :1, None].expand(-1, -1, -1, time_factor, -1, -1).transpose(2, 3)
+    rest = rearrange(x[:, :, 1:], "b c (t f) h w -> b c f t h w", f=time_factor)
+    return torch.cat([first, rest], dim=3)
+
+
+def frames_from_groups(groups: torch.Tensor, space_factor: int) -> torch.Tensor:
+    """The inverse layout of :func:`latent_groups`: ``[B, C, F, t, h, w]`` ->
+    ``[B, C, F(t - 1) + 1, H, W]``, frame 0 the mean of latent frame 0's slots;
+    bilinear in space."""
+    first = groups[:, :, :, :1].mean(dim=2)
+    rest = rearrange(groups[:, :, :, 1:], "b c f t h w -> b c (t f) h w")
+    video = torch.cat([first, rest], dim=2)
+    b = video.shape[0]
+    frames = rearrange(video, "b c t h w -> (b t) c h w")
     frames = F.interpolate(frames, scale_factor=space_factor, mode="bilinear", align_corners=False)
-    video = repeat(frames, "(b t) c h w -> b c (t f) h w", b=b, f=time_factor)
-    return video[:, :, time_factor - 1 :]
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=b)
 
 
 def split_time(x: torch.Tensor, first: int, rest: int) -> list[torch.Tensor]:
@@ -387,7 +430,7 @@ class CausalVAE3D(nn.Module):
         norm_groups: int = 32,
         upsample_norm: bool = False,
         norm: str = "group",
-        shortcut: bool = False,
+        shortcut: bool | str = False,
     ):
         super().__init__()
         if len(temporal_downsample) != len(channel_multipliers) - 1:
@@ -400,13 +443,13 @@ class CausalVAE3D(nn.Module):
         self.spatial_factor = 2 ** (len(channel_multipliers) - 1)
         self.temporal_factor = 2 ** sum(temporal_downsample)
         self.gradient_checkpointing = False
-        self.shortcut = shortcut
-        # Shortcut channel map [Z, C]: latent channel i copies input channel i % C; its
-        # column-normalised transpose averages the copies back (derived, not saved).
-        copies = torch.arange(latent_channels) % in_channels
-        self.register_buffer(
-            "shortcut_map", F.one_hot(copies, in_channels).float(), persistent=False
-        )
+        self.shortcut = shortcut_mode(shortcut)
+        if self.shortcut != "none":
+            # Derived from the configuration, not saved: [Z, F, C] membership.
+            membership = shortcut_membership(
+                self.shortcut, latent_channels, in_channels, self.temporal_factor
+            )
+            self.register_buffer("shortcut_map", membership, persistent=False)
         architecture = dict(
             latent_channels=latent_channels,
             level_channels=[base_channels * m for m in channel_multipliers],
@@ -423,15 +466,17 @@ class CausalVAE3D(nn.Module):
 
     @classmethod
     def tiny(cls, **overrides) -> "CausalVAE3D":
-        """CPU-sized preset (2.2 M parameters) with the full 8x / 4x compression."""
+        """CPU-sized preset (2.2 M parameters) with the full 8x / 4x compression
+        (``configs/model/vae/tiny.yaml``)."""
         config = dict(
+            latent_channels=16,
             base_channels=16,
             channel_multipliers=(1, 2, 4, 4),
             num_res_blocks=1,
             norm_groups=8,
             upsample_norm=True,
             norm="channel",
-            shortcut=True,
+            shortcut="per_frame",
         )
         return cls(**(config | overrides))
 
@@ -469,9 +514,10 @@ class CausalVAE3D(nn.Module):
             cache: TimeCache = {}
             chunks = split_time(x, chunk_frames, chunk_frames - 1)
             moments = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
-        if self.shortcut:
-            pooled = causal_pool(x, self.temporal_factor, self.spatial_factor)
-            copied = torch.einsum("zc,bcthw->bzthw", self.shortcut_map.to(pooled), pooled)
+        if self.shortcut != "none":
+            groups = latent_groups(x, self.temporal_factor, self.spatial_factor)
+            average = self.shortcut_map / self.shortcut_map.sum(dim=(1, 2), keepdim=True)
+            copied = torch.einsum("zfc,bcfthw->bzthw", average.to(groups), groups)
             mean, logvar = moments.chunk(2, dim=1)
             moments = torch.cat([mean + copied.to(mean.dtype), logvar], dim=1)
         return DiagonalGaussian(moments)
@@ -496,10 +542,10 @@ class CausalVAE3D(nn.Module):
             cache: TimeCache = {}
             chunks = split_time(z, chunk_latent_frames, chunk_latent_frames)
             video = torch.cat([self.decoder(chunk, cache) for chunk in chunks], dim=2)
-        if self.shortcut:
+        if self.shortcut != "none":
             average = self.shortcut_map / self.shortcut_map.sum(dim=0)
-            colour = torch.einsum("zc,bzthw->bcthw", average.to(z), z)
-            video = video + causal_unpool(colour, self.temporal_factor, self.spatial_factor)
+            groups = torch.einsum("zfc,bzthw->bcfthw", average.to(z), z)
+            video = video + frames_from_groups(groups, self.spatial_factor)
         return video
 
     def forward(

@@ -12,30 +12,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from safetensors.torch import load_file
 from torch import nn
 
-from tora.models.vae import CausalVAE3D
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The flat state dict stored in ``path`` (.ckpt / .pt / .pth / .bin / .safetensors)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist (train the prerequisite stage first, "
-            "e.g. `make train-stage1`, or point the config at an existing file)"
-        )
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(payload, dict):
-        for key in ("state_dict", "module", "model"):
-            if key in payload and isinstance(payload[key], dict):
-                return payload[key]
-        if all(torch.is_tensor(v) for v in payload.values()):
-            return payload
-    raise ValueError(f"checkpoint {path}: no state dict found (keys {list(payload)[:10]})")
+from tora.models.vae import CausalVAE3D, shortcut_mode
+from tora.utils.state_dict import read_state_dict
 
 
 def select_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -71,6 +51,7 @@ def vae_architecture(cfg: dict) -> dict:
             f"VAE config: unknown arguments {unknown}; expected some of {list(parameters)}"
         )
     full = {name: p.default for name, p in parameters.items()} | dict(cfg)
+    full["shortcut"] = shortcut_mode(full["shortcut"])
     return {name: list(v) if isinstance(v, (tuple, ListConfig)) else v for name, v in full.items()}
 
 

@@ -102,12 +102,18 @@ class VideoDiffusionModule(L.LightningModule):
         self.vae = build_vae(vae_cfg, vae_checkpoint)
         self.text_encoder = hydra.utils.instantiate(to_container(text_encoder))
         backbone_cfg = STDiT3Config(**to_container(backbone))
+        if backbone_cfg.in_channels != self.vae.latent_channels:
+            raise ValueError(
+                f"backbone.in_channels={backbone_cfg.in_channels} but the VAE has "
+                f"latent_channels={self.vae.latent_channels}: the backbone denoises the VAE's "
+                "latents, set both to the same count"
+            )
         guidance = None
         if use_motion:
             guidance = MotionGuidance(
                 hidden_size=backbone_cfg.hidden_size,
                 depth=backbone_cfg.depth,
-                latent_channels=vae_cfg.get("latent_channels", 4),
+                latent_channels=self.vae.latent_channels,
                 patch_size=tuple(backbone_cfg.patch_size),
                 **to_container(fuser),
             )
