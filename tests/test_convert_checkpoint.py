@@ -87,8 +87,9 @@ def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, tor
 def denoise(module) -> torch.Tensor:
     """The Tora network on a fixed input with motion latents."""
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, 5, 8, 8, generator=generator)
-    motion = torch.randn(2, 4, 5, 8, 8, generator=generator)
+    latents = (2, module.vae.latent_channels, 5, 8, 8)
+    x = torch.randn(latents, generator=generator)
+    motion = torch.randn(latents, generator=generator)
     y, mask = module.encode_text(["a red circle moves right", "a blue square"])
     with torch.no_grad():
         return module.model(x, torch.tensor([300.0, 700.0]), y, mask=mask, motion_latents=motion)

@@ -147,6 +147,19 @@ def test_mask_centroid_tracker_reports_absent_objects():
         tracker.track(frames, np.zeros((3, 2)))
 
 
+def test_mask_centroid_tracker_ignores_stray_specks_of_the_colour():
+    """A generated video can hold specks of an object's colour away from it: only
+    the largest blob is the object."""
+    clip = render_tracks(SYNTHETIC_TRACKS, SYNTHETIC_WORLD, seed=0)
+    frames = clip.frames.copy()
+    colour = np.array(MaskCentroidTracker.for_synthetic_clip(clip.meta).colors[0])
+    frames[:, 60:63, 1:4] = colour.astype(np.uint8)  # a 3 x 3 speck in the bottom-left corner
+    robust = MaskCentroidTracker.for_synthetic_clip(clip.meta)
+    naive = MaskCentroidTracker(robust.colors, largest_component=False)
+    assert TrajError(robust)(frames, SYNTHETIC_TRACKS).mean < 0.5
+    assert TrajError(naive)(frames, SYNTHETIC_TRACKS).per_track[0] > 2.0
+
+
 def test_lucas_kanade_flags_lost_points_and_holds_them():
     video = np.full((4, 32, 32, 3), 128, np.uint8)  # textureless: nothing to track
     tracks, found = LucasKanadeTracker(window_size=9, max_level=1).track_with_status(

@@ -102,8 +102,8 @@ def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):
     with torch.no_grad():  # a "trained" base: temporal blocks no longer zero
         for param in module.model.backbone.parameters():
             param.add_(0.02 * torch.randn_like(param))
-    x = torch.randn(2, 4, 5, 8, 8)
-    motion = torch.randn(2, 4, 5, 8, 8)
+    latents = (2, module.vae.latent_channels, 5, 8, 8)
+    x, motion = torch.randn(latents), torch.randn(latents)
     y, mask = module.encode_text(["a red circle moves right", "a blue square"])
     t = torch.tensor([300.0, 700.0])
     module.eval()

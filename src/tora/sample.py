@@ -97,6 +97,7 @@ def sample(cfg: DictConfig) -> list[Path]:
             cfg_scale=cfg.cfg_scale,
             seed=cfg.seed + start,
             fps=cfg.fps,
+            motion_in_guidance=cfg.motion_in_guidance,
         )
         for offset, (prompt, video) in enumerate(zip(chunk, videos, strict=True)):
             name = slug(prompt, start + offset)

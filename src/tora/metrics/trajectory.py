@@ -182,18 +182,27 @@ class MaskCentroidTracker(Tracker):
     to 15% across the shape; the default distance keeps the whole shape of the
     saturated colours while excluding the muted backgrounds.
 
+    With ``largest_component`` (default) only the largest 8-connected blob of the
+    colour counts: a generated video's stray specks of the object's colour
+    elsewhere in the frame would otherwise pull the centroid off the object.
+
     Args:
         colors: ``[N, 3]`` RGB 0-255, one per tracked object.
         max_color_distance: RGB distance within which a pixel belongs to an object.
+        largest_component: keep only the largest connected blob per frame.
     """
 
     def __init__(
-        self, colors: Sequence[Sequence[float]] | np.ndarray, max_color_distance: float = 60.0
+        self,
+        colors: Sequence[Sequence[float]] | np.ndarray,
+        max_color_distance: float = 60.0,
+        largest_component: bool = True,
     ):
         self.colors = np.asarray(colors, dtype=np.float32)
         if self.colors.ndim != 2 or self.colors.shape[-1] != 3:
             raise ValueError(f"colors: [N, 3] RGB expected, got {list(self.colors.shape)}")
         self.max_color_distance = max_color_distance
+        self.largest_component = largest_component
 
     @classmethod
     def for_synthetic_clip(
@@ -219,11 +228,24 @@ class MaskCentroidTracker(Tracker):
         tracks = np.full((len(self.colors), num_frames, 2), np.nan)
         for index, color in enumerate(self.colors):
             inside = np.linalg.norm(frames - color, axis=-1) <= self.max_color_distance
+            if self.largest_component:
+                inside = np.stack([largest_blob(mask) for mask in inside])
             counts = inside.sum(axis=(1, 2))
             present = counts > 0
             tracks[index, present, 0] = (inside * xs).sum(axis=(1, 2))[present] / counts[present]
             tracks[index, present, 1] = (inside * ys).sum(axis=(1, 2))[present] / counts[present]
         return tracks, np.isfinite(tracks[..., 0])
+
+
+def largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool ``[H, W]`` mask (all False if empty)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
+    if count <= 1:
+        return mask
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == largest
 
 
 @dataclass
