@@ -466,7 +466,7 @@ class CausalVAE3D(nn.Module):
 
     @classmethod
     def tiny(cls, **overrides) -> "CausalVAE3D":
-        """CPU-sized preset (2.2 M parameters) with the full 8x / 4x compression
+        """CPU-sized preset (2.3 M parameters) with the full 8x / 4x compression
         (``configs/model/vae/tiny.yaml``)."""
         config = dict(
             latent_channels=16,
