@@ -110,6 +110,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = (
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
+    trackers = tracker_names(cfg)  # a bad name fails here, not after the sampling
     pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
     if not pipeline.uses_motion:
         raise ValueError(f"checkpoint {cfg.ckpt}: a Tora checkpoint with motion guidance expected")
@@ -149,7 +150,6 @@ def evaluate(cfg: DictConfig) -> dict:
         "steps": cfg.steps,
         "variants": {},
     }
-    trackers = tracker_names(cfg)
     for name, videos in generated.items():
         by_tracker = {
             tracker: trajectory_errors(cfg, tracker, clips, videos, reference)
@@ -193,9 +193,8 @@ def trajectory_errors(cfg, tracker: str, clips, videos, reference) -> dict:
         for clip, video in zip(clips, videos, strict=True)
     ]
     per_track = np.concatenate([r.per_track for r in results])
-    with (
-        warnings.catch_warnings()
-    ):  # a frame no clip's object was found in: NaN, counted in coverage
+    # A frame where no clip's object was found is NaN (counted in coverage), not a warning.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_frame = np.nanmean(np.stack([r.per_frame for r in results]), axis=0)
     return {

@@ -324,7 +324,7 @@ SHORTCUTS = ("none", "pooled", "per_frame")
 def shortcut_mode(value: bool | str) -> str:
     """A ``shortcut`` setting as one of :data:`SHORTCUTS` (``False``/``True``, the older
     boolean form stored in checkpoints, read as ``none``/``pooled``)."""
-    mode = {False: "none", True: "pooled"}.get(value, value) if isinstance(value, bool) else value
+    mode = ("pooled" if value else "none") if isinstance(value, bool) else value
     if mode not in SHORTCUTS:
         raise ValueError(f"VAE shortcut {value!r}: one of {SHORTCUTS} (or a bool) expected")
     return mode
@@ -445,11 +445,16 @@ class CausalVAE3D(nn.Module):
         self.gradient_checkpointing = False
         self.shortcut = shortcut_mode(shortcut)
         if self.shortcut != "none":
-            # Derived from the configuration, not saved: [Z, F, C] membership.
+            # Derived from the configuration once, not saved: the [Z, F, C] membership,
+            # normalised per latent channel (encode: each averages its members) and per
+            # input value (decode: each averages the latent channels carrying it).
             membership = shortcut_membership(
                 self.shortcut, latent_channels, in_channels, self.temporal_factor
             )
-            self.register_buffer("shortcut_map", membership, persistent=False)
+            encode_map = membership / membership.sum(dim=(1, 2), keepdim=True)
+            self.register_buffer("shortcut_encode", encode_map, persistent=False)
+            decode_map = membership / membership.sum(dim=0)
+            self.register_buffer("shortcut_decode", decode_map, persistent=False)
         architecture = dict(
             latent_channels=latent_channels,
             level_channels=[base_channels * m for m in channel_multipliers],
@@ -516,8 +521,7 @@ class CausalVAE3D(nn.Module):
             moments = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
         if self.shortcut != "none":
             groups = latent_groups(x, self.temporal_factor, self.spatial_factor)
-            average = self.shortcut_map / self.shortcut_map.sum(dim=(1, 2), keepdim=True)
-            copied = torch.einsum("zfc,bcfthw->bzthw", average.to(groups), groups)
+            copied = torch.einsum("zfc,bcfthw->bzthw", self.shortcut_encode.to(groups), groups)
             mean, logvar = moments.chunk(2, dim=1)
             moments = torch.cat([mean + copied.to(mean.dtype), logvar], dim=1)
         return DiagonalGaussian(moments)
@@ -543,8 +547,7 @@ class CausalVAE3D(nn.Module):
             chunks = split_time(z, chunk_latent_frames, chunk_latent_frames)
             video = torch.cat([self.decoder(chunk, cache) for chunk in chunks], dim=2)
         if self.shortcut != "none":
-            average = self.shortcut_map / self.shortcut_map.sum(dim=0)
-            groups = torch.einsum("zfc,bzthw->bcfthw", average.to(z), z)
+            groups = torch.einsum("zfc,bzthw->bcfthw", self.shortcut_decode.to(z), z)
             video = video + frames_from_groups(groups, self.spatial_factor)
         return video
 
