@@ -286,3 +286,8 @@ def test_null_extra_puts_motion_under_guidance():
     guided = one_step(null_extra={})
     torch.testing.assert_close(both, noise - ((noise + 0.5 - 1.0) + 3.0 * 2.0))
     torch.testing.assert_close(guided, noise - ((noise - 1.0) + 3.0 * (2.0 + 0.5)))
+    # Two scales: v_null + 3 * (v_text_only - v_null) + 5 * (v_text - v_text_only).
+    separate = one_step(null_extra={}, motion_guidance_scale=5.0)
+    torch.testing.assert_close(separate, noise - ((noise - 1.0) + 3.0 * 2.0 + 5.0 * 0.5))
+    with pytest.raises(ValueError, match="motion_guidance_scale needs null_extra"):
+        one_step(motion_guidance_scale=5.0)

@@ -123,3 +123,17 @@ def test_image_to_video_keeps_the_given_first_frame(chain):
         expected = module.vae.decode_latents(module.vae.encode_latents(first))[0, :, 0]
     expected = ((expected.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
     assert np.abs(video[0, 0].astype(float) - expected).max() <= 1.0
+
+
+def test_motion_guidance_scale_equal_to_cfg_is_joint_guidance(chain):
+    """v_null + s (v_text - v_null) + s (v_motion - v_text) = v_null + s (v_motion - v_null):
+    a motion scale equal to the text scale samples what joint guidance samples."""
+    pipeline = ToraPipeline.from_checkpoint(chain / "stage2_traj.ckpt")
+    tracks = load_tracks([str(t) for t in TRACKS], 64, 64, 17)
+    request = [GenerationRequest("a red circle moves right", tracks)]
+    kwargs = dict(num_frames=17, height=64, width=64, steps=2, seed=3, progress=False)
+    joint = pipeline.generate(request, cfg_scale=4.0, motion_in_guidance=True, **kwargs)
+    same = pipeline.generate(request, cfg_scale=4.0, motion_guidance_scale=4.0, **kwargs)
+    stronger = pipeline.generate(request, cfg_scale=4.0, motion_guidance_scale=12.0, **kwargs)
+    assert np.abs(joint.astype(int) - same.astype(int)).max() <= 1
+    assert np.abs(joint.astype(int) - stronger.astype(int)).mean() > 1.0

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tora.train import instantiate_module, train
 from tora.training.checkpoints import read_state_dict
+from tora.training.optim import WarmupCosine
 
 FUSERS = ["adaptive_norm", "channel_concat", "cross_attn"]
 NO_PREREQUISITES = [
@@ -84,6 +85,29 @@ def test_trainable_sets(tmp_path, experiment, trainable, expected):
     assert all(n.startswith(allowed) for n in trainable_names)
     assert not any(n.startswith(("vae.", "motion_encoder.")) for n in trainable_names)
     assert not any(n.endswith("rope.freqs") for n in trainable_names)
+
+
+def test_warmup_cosine_schedule(tmp_path):
+    """model/scheduler=warmup_cosine: linear warm-up, then a half cosine to min_ratio
+    x lr at trainer.max_steps, read from the composed config."""
+    module = build_module(
+        ["experiment=stage1_flow", "model/scheduler=warmup_cosine", "trainer.max_steps=250"]
+        + NO_PREREQUISITES,
+        tmp_path,
+    )
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lr = module.hparams.optimizer["lr"]
+    rates = []
+    for _ in range(260):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(lr / 50) and rates[49] == pytest.approx(lr)
+    assert rates[150] == pytest.approx(lr * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert rates[250] == pytest.approx(lr * 0.1) and rates[259] == pytest.approx(lr * 0.1)
+    assert all(a >= b for a, b in zip(rates[49:], rates[50:], strict=False))
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        WarmupCosine(warmup_steps=50, total_steps=50)
 
 
 @pytest.mark.parametrize("fuser", FUSERS)

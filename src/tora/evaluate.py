@@ -136,6 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 use_motion=use_motion,
                 progress=False,
                 motion_in_guidance=cfg.get("motion_in_guidance", False),
+                motion_guidance_scale=cfg.get("motion_guidance_scale"),
             )
             seconds[name] += time.perf_counter() - begin
             generated[name].extend(videos)

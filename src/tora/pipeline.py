@@ -109,6 +109,7 @@ class ToraPipeline:
         use_motion: bool = True,
         progress: bool = True,
         motion_in_guidance: bool = False,
+        motion_guidance_scale: float | None = None,
     ) -> np.ndarray:
         """Generate a batch; returns uint8 videos ``[B, T, H, W, 3]``.
 
@@ -117,6 +118,8 @@ class ToraPipeline:
         ``motion_in_guidance=True`` leaves the motion condition out of the
         unconditional CFG branch, so ``cfg_scale`` amplifies motion as well as
         text (default: motion in both branches, CFG on the text only, as Tora).
+        ``motion_guidance_scale`` (implies ``motion_in_guidance``) guides the motion
+        with its own scale, from a third, text-only branch (1.5x the sampling cost).
         """
         for request in requests:
             self.check_request(request, num_frames, height, width)
@@ -137,7 +140,7 @@ class ToraPipeline:
         extra = {"fps": torch.full((batch,), float(fps), device=device)}
         null_extra = None  # the unconditional branch gets `extra` too: motion in both
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
-            if motion_in_guidance:
+            if motion_in_guidance or motion_guidance_scale is not None:
                 null_extra = dict(extra)  # the unconditional branch without the motion
             latents = self.motion_latents(requests, num_frames, height, width)
             extra["motion_features"] = module.model.motion_guidance.extract(latents)
@@ -158,6 +161,7 @@ class ToraPipeline:
             x_given=x_given,
             progress=progress,
             null_extra=null_extra,
+            motion_guidance_scale=motion_guidance_scale if null_extra is not None else None,
         )
         decoded = module.vae.decode_latents(latents)
         return np.stack([as_uint8_frames(video) for video in decoded])

@@ -98,6 +98,7 @@ def sample(cfg: DictConfig) -> list[Path]:
             seed=cfg.seed + start,
             fps=cfg.fps,
             motion_in_guidance=cfg.motion_in_guidance,
+            motion_guidance_scale=cfg.get("motion_guidance_scale"),
         )
         for offset, (prompt, video) in enumerate(zip(chunk, videos, strict=True)):
             name = slug(prompt, start + offset)

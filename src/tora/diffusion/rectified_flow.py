@@ -211,6 +211,7 @@ class RectifiedFlow:
         x_given: torch.Tensor | None = None,
         progress: bool = True,
         null_extra: dict | None = None,
+        motion_guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """Euler integration from t = 1 (``noise``) to t = 0 with CFG on the text only
         (or on text and motion together, with ``null_extra``).
@@ -235,6 +236,10 @@ class RectifiedFlow:
             frame_mask: bool ``[B, T]``, False = frame given by ``x_given``
                 (image-to-video): held at ``x_given`` and passed as ``x_mask``.
             progress: show a progress bar.
+            motion_guidance_scale: with ``null_extra``, guide text and motion
+                separately (InstructPix2Pix's two scales): a third call gets the text
+                with ``null_extra``, and ``v = v_null + guidance_scale * (v_text_only -
+                v_null) + motion_guidance_scale * (v_text - v_text_only)``.
 
         Returns:
             ``[B, C, T, H, W]``, the sample at t = 0.
@@ -252,6 +257,11 @@ class RectifiedFlow:
                     "RectifiedFlow.sample: frame_mask needs x_given (the given frames)"
                 )
             extra["x_mask"] = frame_mask
+        if motion_guidance_scale is not None and null_extra is None:
+            raise ValueError(
+                "RectifiedFlow.sample: motion_guidance_scale needs null_extra (the inputs "
+                "without the motion condition)"
+            )
         if null_extra is not None:
             null_extra = dict(null_extra)
             if frame_mask is not None:
@@ -280,6 +290,15 @@ class RectifiedFlow:
                 v_text = model_fn(x, timestep, y=y_text, mask=mask_text, **extra)
                 v_null = model_fn(x, timestep, y=y_null, mask=mask_null_in, **null_extra)
                 v_text, v_null = v_text[:, : x.shape[1]], v_null[:, : x.shape[1]]
-            v = v_null + guidance_scale * (v_text - v_null)
+            if motion_guidance_scale is None:
+                v = v_null + guidance_scale * (v_text - v_null)
+            else:
+                v_text_only = model_fn(x, timestep, y=y_text, mask=mask_text, **null_extra)
+                v_text_only = v_text_only[:, : x.shape[1]]
+                v = (
+                    v_null
+                    + guidance_scale * (v_text_only - v_null)
+                    + motion_guidance_scale * (v_text - v_text_only)
+                )
             x = hold_given_frames(x - (t_now - t_next) * self.velocity_sign * v)
         return x

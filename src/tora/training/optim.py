@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import hydra
 import lightning as L
 from omegaconf import DictConfig
@@ -29,3 +31,24 @@ class LinearWarmup:
 
     def __call__(self, step: int) -> float:
         return min(1.0, (step + 1) / max(1, self.warmup_steps))
+
+
+class WarmupCosine:
+    """``lr_lambda`` for LambdaLR: linear warm-up over ``warmup_steps``, then a
+    half cosine from 1 down to ``min_ratio`` at ``total_steps`` (held there after)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> None:
+        if total_steps <= warmup_steps or not 0.0 <= min_ratio <= 1.0:
+            raise ValueError(
+                "WarmupCosine: total_steps > warmup_steps and 0 <= min_ratio <= 1 expected, got "
+                f"warmup_steps={warmup_steps}, total_steps={total_steps}, min_ratio={min_ratio}"
+            )
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
