@@ -71,6 +71,7 @@ def test_batches_follow_the_contract(tmp_path):
     assert batch["fps"].tolist() == [8.0, 8.0]
     assert len(batch["caption"]) == len(batch["key"]) == 2
     assert batch["caption"][0] == f"caption {batch['key'][0]}"
+    assert batch["frame_start"].tolist() == [0, 0]  # 9-frame clips, 9-frame windows
 
     keys = [key for batch in batches for key in batch["key"]]
     assert len(set(keys)) == 8, "one epoch reads every sample once"
@@ -255,3 +256,16 @@ def test_throughput(tmp_path):
         seconds = time.perf_counter() - start
         print(f"epoch {epoch}: {clips} clips in {seconds:.2f} s = {clips / seconds:.1f} clips/s")
     assert clips == 128
+
+
+def test_training_windows_of_longer_clips_report_their_start(tmp_path):
+    """Clips longer than num_frames give random windows in training, centred ones in
+    validation; ``frame_start`` says which (with the key it identifies the clip)."""
+    write_shards(tmp_path, "train", [8], num_frames=17)
+    write_shards(tmp_path, "val", [4], num_frames=17)
+    datamodule = make_datamodule(tmp_path / "train-*.tar", tmp_path / "val-*.tar")
+    datamodule.setup("fit")
+    starts = [int(s) for batch in datamodule.train_dataloader() for s in batch["frame_start"]]
+    assert len(starts) == 8 and all(0 <= s <= 8 for s in starts) and len(set(starts)) > 1
+    val = [int(s) for batch in datamodule.val_dataloader() for s in batch["frame_start"]]
+    assert val == [4] * 4

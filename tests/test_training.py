@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tora.train import instantiate_module, train
 from tora.training.checkpoints import read_state_dict
+from tora.training.latent_cache import LatentCache
 from tora.training.optim import WarmupCosine
 
 FUSERS = ["adaptive_norm", "channel_concat", "cross_attn"]
@@ -108,6 +109,40 @@ def test_warmup_cosine_schedule(tmp_path):
     assert all(a >= b for a, b in zip(rates[49:], rates[50:], strict=False))
     with pytest.raises(ValueError, match="total_steps > warmup_steps"):
         WarmupCosine(warmup_steps=50, total_steps=50)
+
+
+def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
+    """model.latent_cache: a cached clip's latents equal a fresh encode; clips are told
+    apart by key and frame-window start; nothing is stored beyond max_clips."""
+    module = build_module(
+        ["experiment=base_t2v", "model.latent_cache=3", *NO_PREREQUISITES], tmp_path
+    ).eval()
+    video = torch.rand(4, 3, 5, 16, 16) * 2 - 1
+    calls = []
+
+    def encode(clips):
+        calls.append(len(clips))
+        return module.vae.encode_latents(clips)
+
+    cache = module.latent_cache
+    ids = LatentCache.clip_ids(["a", "b", "a", "c"], torch.tensor([0, 0, 4, 0]))
+    assert ids == ["a@0", "b@0", "a@4", "c@0"]
+    first = cache.encode(video, ids, encode)
+    torch.testing.assert_close(first, module.vae.encode_latents(video))
+    assert calls == [4] and len(cache.latents) == 3 and cache.hits == 0  # "c@0" did not fit
+    # Same clips in another order: three hits, the fourth encoded again.
+    order = [3, 2, 1, 0]
+    again = cache.encode(video[order], [ids[i] for i in order], encode)
+    torch.testing.assert_close(again, first[order])
+    assert calls == [4, 1] and cache.hits == 3 and cache.hit_rate == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="one clip id per clip expected, got 2 for 4"):
+        cache.encode(video, ids[:2], encode)
+
+    # Through the module: batches with keys and frame starts use it.
+    batch = {"video": video, "caption": ["x"] * 4, "key": ["a", "b", "a", "c"]}
+    batch["frame_start"] = torch.tensor([0, 0, 4, 0])
+    torch.testing.assert_close(module.conditions(batch)[0], first)
+    assert cache.hits == 6
 
 
 @pytest.mark.parametrize("fuser", FUSERS)

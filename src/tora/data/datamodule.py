@@ -235,6 +235,7 @@ class ClipBatches(IterableDataset):
             "tracks": tracks,
             "caption": clip.caption,
             "key": clip.key,
+            "frame_start": start,  # with the key, identifies the clip (latent cache)
             "fps": clip.fps,
         }
 
@@ -255,6 +256,7 @@ class ClipBatches(IterableDataset):
             "track_mask": track_mask,
             "caption": [sample["caption"] for sample in samples],
             "key": [sample["key"] for sample in samples],
+            "frame_start": torch.tensor([sample["frame_start"] for sample in samples]),
             "fps": torch.tensor([sample["fps"] for sample in samples], dtype=torch.float32),
         }
 

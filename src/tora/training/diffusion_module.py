@@ -32,6 +32,7 @@ from tora.training.checkpoints import (
     select_prefix,
     stored_hyper_parameter,
 )
+from tora.training.latent_cache import LatentCache
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
 from tora.training.optim import build_optimizers
@@ -93,6 +94,7 @@ class VideoDiffusionModule(L.LightningModule):
         init_modules: list[str] | None = None,
         validation: DictConfig | dict | None = None,
         compile: bool = False,
+        latent_cache: int = 0,
     ) -> None:
         super().__init__()
         if trainable not in TRAINABLE_SETS:
@@ -146,6 +148,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.set_trainable(trainable, train_text_encoder)
         if compile:
             self.model.backbone.compile()
+        self.latent_cache = LatentCache(latent_cache)
 
     def configure_optimizers(self) -> dict:
         return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
@@ -186,7 +189,11 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------ conditions
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor, clip_ids: list[str] | None = None) -> torch.Tensor:
+        """The frozen VAE's normalised latents; looked up in / added to the latent
+        cache when it is on and the clips are identified."""
+        if self.latent_cache.max_clips and clip_ids is not None:
+            return self.latent_cache.encode(video, clip_ids, self.vae.encode_latents)
         return self.vae.encode_latents(video)
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +222,10 @@ class VideoDiffusionModule(L.LightningModule):
     def conditions(self, batch: dict[str, Any], generator=None) -> tuple:
         """Video latents ``x0``, caption ``y`` / ``mask``, the model's further inputs
         ``extra`` (fps, motion latents) and the motion condition it came from."""
-        x0 = self.encode_video(batch["video"])
+        clip_ids = None
+        if "key" in batch and "frame_start" in batch:
+            clip_ids = LatentCache.clip_ids(batch["key"], batch["frame_start"])
+        x0 = self.encode_video(batch["video"], clip_ids)
         y, mask = self.encode_text(batch["caption"])
         motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
@@ -235,6 +245,8 @@ class VideoDiffusionModule(L.LightningModule):
         loss = losses.mean()
         batch_size = losses.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if self.latent_cache.max_clips:
+            self.log("train/latent_cache_hit_rate", self.latent_cache.hit_rate)
         bucket = (t * TIMESTEP_BUCKETS).long().clamp(max=TIMESTEP_BUCKETS - 1)
         for b in range(TIMESTEP_BUCKETS):
             chosen = bucket == b
