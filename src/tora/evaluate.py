@@ -80,7 +80,7 @@ def tracker_names(cfg: DictConfig) -> list[str]:
 
 def make_tracker(name: str, cfg: DictConfig, clip: dict):
     if name == "lucas_kanade":
-        return LucasKanadeTracker()
+        return LucasKanadeTracker(**cfg.get("lucas_kanade", {}))
     if name == "cotracker":
         return CoTrackerTracker(cfg.cotracker_path)
     if name == "mask_centroid":
