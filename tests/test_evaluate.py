@@ -9,7 +9,7 @@ import shutil
 import yaml
 from conftest import compose_config
 
-from tora.evaluate import evaluate
+from tora.evaluate import evaluate, make_tracker
 from tora.report import report
 
 
@@ -86,3 +86,13 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
     assert float(table[0]["trajerror_mask_centroid_px"]) >= 0  # the extra tracker's column
     assert (sweep / "trajerror.png").stat().st_size > 1000
     assert "model/fuser=cross_attn" in (sweep / "ablation.md").read_text()
+
+
+def test_lucas_kanade_settings_come_from_the_config():
+    """`lucas_kanade.*` sets the headline tracker (41 px for the 128² world, WORLD=128)."""
+    default = make_tracker("lucas_kanade", compose_config("evaluate", []), {})
+    assert (default.window_size, default.max_level) == (21, 3)
+    scaled = make_tracker(
+        "lucas_kanade", compose_config("evaluate", ["lucas_kanade.window_size=41"]), {}
+    )
+    assert (scaled.window_size, scaled.max_level) == (41, 3)

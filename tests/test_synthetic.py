@@ -243,6 +243,12 @@ def test_world_presets_compose_and_differ_where_documented():
     default = WorldConfig()
     assert default.pan_probability == 0 and set(default.backgrounds) == {"blobs", "gradient"}
     assert default.object_size[0] > rich.world.object_size[0]
+    # default_128: the same scenes at twice the size, motion the same share of the frame.
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        big = as_generator_config(compose(config_name="synthetic", overrides=["world=default_128"]))
+    assert (big.world.width, big.world.height) == (128, 128)
+    assert big.world.speed == tuple(2 * v for v in default.speed)
+    assert dataclasses.replace(big.world, width=64, height=64, speed=default.speed) == default
 
 
 def test_generate_split_writes_schema_shards(tmp_path):
