@@ -89,10 +89,10 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
 
 
 def test_lucas_kanade_settings_come_from_the_config():
-    """`lucas_kanade.*` sets the headline tracker (31 px for the 128² world, WORLD=128)."""
+    """`lucas_kanade.*` sets the headline tracker (41 px for the 128² world, WORLD=128)."""
     default = make_tracker("lucas_kanade", compose_config("evaluate", []), {})
-    assert (default.window_size, default.max_level) == (15, 3)
+    assert (default.window_size, default.max_level) == (21, 3)
     scaled = make_tracker(
-        "lucas_kanade", compose_config("evaluate", ["lucas_kanade.window_size=31"]), {}
+        "lucas_kanade", compose_config("evaluate", ["lucas_kanade.window_size=41"]), {}
     )
-    assert (scaled.window_size, scaled.max_level) == (31, 3)
+    assert (scaled.window_size, scaled.max_level) == (41, 3)
