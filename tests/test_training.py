@@ -137,6 +137,9 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     assert calls == [4, 1] and cache.hits == 3 and cache.hit_rate == pytest.approx(3 / 8)
     with pytest.raises(ValueError, match="one clip id per clip expected, got 2 for 4"):
         cache.encode(video, ids[:2], encode)
+    # The same ids at another clip size are other clips (never a wrong-shaped latent).
+    longer = torch.rand(4, 3, 9, 16, 16) * 2 - 1
+    assert cache.encode(longer, ids, encode).shape[2] == 3 and calls[-1] == 4
 
     # Through the module: batches with keys and frame starts use it.
     batch = {"video": video, "caption": ["x"] * 4, "key": ["a", "b", "a", "c"]}

@@ -46,6 +46,10 @@ class LatentCache:
             raise ValueError(
                 f"latent cache: one clip id per clip expected, got {len(clip_ids)} for {len(video)}"
             )
+        # The clip's [C, T, H, W] is part of its identity: a run that changes the clip
+        # length or resolution (the bench's frame sweep) never reads another size's latents.
+        shape = "x".join(map(str, video.shape[1:]))
+        clip_ids = [f"{clip}/{shape}" for clip in clip_ids]
         missing = [i for i, clip in enumerate(clip_ids) if clip not in self.latents]
         self.hits += len(video) - len(missing)
         self.misses += len(missing)
