@@ -30,8 +30,7 @@ WORLD_DATA := world=default_128 out_dir=$(DATA_DIR)
 WORLD_VAE := data=synthetic_128 paths.checkpoint_dir=$(CKPT)
 WORLD_DIT := $(WORLD_VAE) 'model.backbone.patch_size=[1,2,2]'
 # Errors reported in 64² pixels (comparable with WORLD=64); the LK window scaled with the frame.
-WORLD_EVAL := data=synthetic_128 paths.checkpoint_dir=$(CKPT) 'reference_size=[64,64]' \
-	lucas_kanade.window_size=41
+WORLD_EVAL := $(WORLD_VAE) 'reference_size=[64,64]' lucas_kanade.window_size=41
 WORLD_SAMPLE := 'resolution=[128,128]'
 else
 $(error WORLD=$(WORLD): 64 or 128 expected)

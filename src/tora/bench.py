@@ -260,9 +260,7 @@ def measure(
     batch = random_batch(shape, max_tracks, fps, generator, device)
     if module.latent_cache.max_clips:
         # The steady state of a run with model.latent_cache: every clip is a hit.
-        module.encode_video(
-            batch["video"], LatentCache.clip_ids(batch["key"], batch["frame_start"])
-        )
+        module.encode_video(batch["video"], LatentCache.batch_clip_ids(batch))
     reset_peak_memory(device)
     flops = count_step_flops(module, optimizer, batch, precision)
     for _ in range(warmup_steps - 1):

@@ -222,10 +222,7 @@ class VideoDiffusionModule(L.LightningModule):
     def conditions(self, batch: dict[str, Any], generator=None) -> tuple:
         """Video latents ``x0``, caption ``y`` / ``mask``, the model's further inputs
         ``extra`` (fps, motion latents) and the motion condition it came from."""
-        clip_ids = None
-        if "key" in batch and "frame_start" in batch:
-            clip_ids = LatentCache.clip_ids(batch["key"], batch["frame_start"])
-        x0 = self.encode_video(batch["video"], clip_ids)
+        x0 = self.encode_video(batch["video"], LatentCache.batch_clip_ids(batch))
         y, mask = self.encode_text(batch["caption"])
         motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}

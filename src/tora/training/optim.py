@@ -43,12 +43,13 @@ class WarmupCosine:
                 "WarmupCosine: total_steps > warmup_steps and 0 <= min_ratio <= 1 expected, got "
                 f"warmup_steps={warmup_steps}, total_steps={total_steps}, min_ratio={min_ratio}"
             )
+        self.warmup = LinearWarmup(warmup_steps)
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_ratio = min_ratio
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+            return self.warmup(step)
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
