@@ -42,7 +42,9 @@ from tora.data.prepare.scores import build_quality_scorer, motion_rejection
 from tora.data.prepare.timing import StageTimer
 from tora.data.schema import decode_sample
 from tora.train import train
-from tora.utils.config import CONFIG_DIR, REPO_ROOT
+from tora.utils.config import CONFIG_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SOURCE_FPS = 24
 SOURCE_SIZE = 96

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 import tora
@@ -228,24 +228,21 @@ def test_bad_world_is_rejected_with_the_offending_value():
 
 
 def test_yaml_config_matches_the_dataclass_defaults():
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="synthetic", return_hydra_config=True)
+    cfg = compose_config("synthetic", [])
     config = as_generator_config(cfg)
     assert dataclasses.replace(config, progress=False) == GeneratorConfig()
-    assert Path(cfg.out_dir) == CONFIG_DIR.parent / "data" / "synthetic"
+    assert Path(cfg.out_dir) == Path.cwd() / "data" / "synthetic"  # under the directory run from
 
 
 def test_world_presets_compose_and_differ_where_documented():
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        rich = as_generator_config(compose(config_name="synthetic", overrides=["world=rich"]))
+    rich = as_generator_config(compose_config("synthetic", ["world=rich"]))
     assert rich.world == rich_world()
     assert set(rich.world.backgrounds) == set(TEXTURES) and rich.world.pan_probability > 0
     default = WorldConfig()
     assert default.pan_probability == 0 and set(default.backgrounds) == {"blobs", "gradient"}
     assert default.object_size[0] > rich.world.object_size[0]
     # default_128: the same scenes at twice the size, motion the same share of the frame.
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        big = as_generator_config(compose(config_name="synthetic", overrides=["world=default_128"]))
+    big = as_generator_config(compose_config("synthetic", ["world=default_128"]))
     assert (big.world.width, big.world.height) == (128, 128)
     assert big.world.speed == tuple(2 * v for v in default.speed)
     assert dataclasses.replace(big.world, width=64, height=64, speed=default.speed) == default

@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from tora.train import resolved
 from tora.training.diffusion_module import VideoDiffusionModule
 from tora.training.latent_cache import LatentCache
-from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.config import CONFIG_DIR, CONFIG_PATH
 from tora.utils.run import parameter_counts
 
 log = logging.getLogger(__name__)
@@ -552,12 +552,11 @@ def print_report(result: dict[str, Any]) -> None:
         console.print(row_table("frame sweep (main shape at other clip lengths)", sweep))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
 def main(cfg: DictConfig) -> None:
     bench(cfg)
 
 
-register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ from tora.metrics import (
 )
 from tora.motion import draw_tracks
 from tora.pipeline import GenerationRequest, ToraPipeline
-from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.config import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +289,11 @@ def print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
-register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,11 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from tora.data.prepare import as_prepare_config, prepare, summary_table
-from tora.utils.config import CONFIG_DIR, register_resolvers
-
-register_resolvers()
+from tora.utils.config import CONFIG_PATH
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prepare_data")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare_data")
 def main(cfg: DictConfig) -> None:
     """Prepare ``cfg.src`` into ``cfg.out`` and print the summary table."""
     console = Console()

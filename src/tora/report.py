@@ -18,7 +18,7 @@ import yaml  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from tora.evaluate import evaluate, fmt  # noqa: E402
-from tora.utils.config import CONFIG_DIR, register_resolvers  # noqa: E402
+from tora.utils.config import CONFIG_PATH  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,11 @@ def write_tables(sweep_dir: Path, rows: list[dict], cfg: DictConfig) -> None:
     log.info("wrote %s", sweep_dir / "ablation.md")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
 def main(cfg: DictConfig) -> None:
     report(cfg)
 
 
-register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tora.data.schema import encode_video
 from tora.motion import draw_tracks, load_tracks, write_tracks_json
 from tora.pipeline import GenerationRequest, ToraPipeline
-from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.config import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,11 @@ def sample(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 
 
-register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tora.utils.config import CONFIG_DIR, register_resolvers
+from tora.utils.config import CONFIG_PATH
 from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,13 @@ def export_checkpoint(trainer: L.Trainer, path: Path) -> None:
         log.info("Exported weights to %s", path)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> None:
     if cfg.extras.get("print_config"):
         print_config(cfg)
     train(cfg)
 
 
-register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -41,7 +41,7 @@ from rich.progress import track
 from rich.table import Table
 
 from tora.data.schema import ShardWriter, encode_sample
-from tora.utils.config import CONFIG_DIR
+from tora.utils.config import CONFIG_PATH
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -732,7 +732,7 @@ def generate_split(
     return [Path(shard) for shard in writer.shards]
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="synthetic")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="synthetic")
 def main(cfg: DictConfig) -> None:
     """Write the train and val splits to `cfg.out_dir` and print what was written."""
     config = as_generator_config(cfg)

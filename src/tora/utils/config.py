@@ -1,26 +1,12 @@
-"""Hydra/OmegaConf plumbing shared by every entry point.
-
-Configs live in the repository's ``configs/`` directory, found from the
-installed package (``src/tora`` -> repository root), so entry points work from
-any working directory without path hacks.
-"""
+"""Where the configs live: the ``tora.configs`` package, so an installed wheel and an
+editable checkout find them alike (entry points use ``pkg://tora.configs``; users add
+their own folder with ``hydra.searchpath=[file:///path/to/configs]``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import tora.configs
 
-import tora
-
-REPO_ROOT = Path(tora.__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "configs"
-
-
-def register_resolvers() -> None:
-    """Register ``${tora_root:}`` (absolute repository root) once per process."""
-    if not OmegaConf.has_resolver("tora_root"):
-        OmegaConf.register_new_resolver("tora_root", lambda: str(REPO_ROOT))
-
-
-register_resolvers()
+CONFIG_PATH = "pkg://tora.configs"
+CONFIG_DIR = Path(tora.configs.__file__).resolve().parent
