@@ -18,7 +18,6 @@ from tora.data.prepare import as_prepare_config, prepare, summary_table
 from tora.utils.config import CONFIG_PATH
 
 
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare_data")
 def main(cfg: DictConfig) -> None:
     """Prepare ``cfg.src`` into ``cfg.out`` and print the summary table."""
