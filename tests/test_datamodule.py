@@ -3,7 +3,6 @@
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 
 from tora.data.datamodule import ShardDataModule
 from tora.data.schema import ShardWriter, encode_sample
+from tora.data.shards import count_samples, expand_shards, split_in_proportion
 from tora.data.transforms import resize_center_crop
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -117,6 +117,26 @@ def test_bad_shards_and_samples_are_skipped_and_counted(tmp_path):
     assert datamodule.skipped["data/skipped_samples"] >= 1
 
 
+def test_shard_lists_are_expanded_counted_and_split(tmp_path):
+    write_shards(tmp_path, "train", [3, 2])
+    shards = expand_shards(f"{tmp_path}/train-{{000000,000001}}-*.tar", "data.train_shards")
+    assert [Path(shard).name for shard in shards] == [
+        "train-000000-000000.tar",
+        "train-000001-000000.tar",
+    ]
+    assert [count_samples(shard) for shard in shards] == [3, 2]
+    assert count_samples("pipe:cat a.tar") is None
+    os.truncate(shards[0], 1536)  # the first member header and part of its data
+    assert count_samples(shards[0]) <= 1
+    with pytest.raises(FileNotFoundError, match="data.val_shards: shard .*/none.tar does not"):
+        expand_shards(str(tmp_path / "none.tar"), "data.val_shards")
+    with pytest.raises(FileNotFoundError, match="data.val_shards: .* matched no shards"):
+        expand_shards(str(tmp_path / "none-*.tar"), "data.val_shards")
+    assert split_in_proportion(5, [3, 1]) == [4, 1]  # 3.75 + 1.25: the larger remainder wins
+    assert split_in_proportion(4, [1, 1, 1]) == [2, 1, 1]
+    assert split_in_proportion(2, [0, 0]) == [1, 1]
+
+
 def _constant_clip(num_frames, height, width, velocity):
     """A clip whose flow is a constant translation and whose tracks move with it."""
     frames = np.full((num_frames, height, width, 3), 128, np.uint8)
@@ -158,7 +178,6 @@ def test_resize_center_crop_non_square():
     "override, message",
     [
         ({"num_frames": 16}, r"4k\+1"),
-        ({"frame_stride": 2}, "frame_stride"),
         ({"resampled": True}, "epoch_length"),
     ],
 )
@@ -184,6 +203,7 @@ def test_data_configs_compose_and_instantiate(name, tmp_path):
         config = compose(config_name=name, overrides=overrides)
     data_config = OmegaConf.to_container(config, resolve=True)
     del data_config["paths"]
+    assert "frame_stride" not in data_config, "consecutive frames only: no stride setting"
     datamodule = instantiate(data_config)
     assert isinstance(datamodule, ShardDataModule)
     assert datamodule.num_workers == (2 if name == "synthetic" else 0)
@@ -234,28 +254,6 @@ def test_ddp_ranks_read_disjoint_data_and_equal_batch_counts(tmp_path):
         keys = [{key for batch in rank[name] for key in batch} for rank in ranks]
         assert not keys[0] & keys[1], f"{name}: ranks saw the same samples {keys[0] & keys[1]}"
         assert len(keys[0]) == len(keys[1]) == 2 * len(ranks[0][name])
-
-
-@pytest.mark.slow
-def test_throughput(tmp_path):
-    """Clips/s at 64x64, 17 frames, 2 workers (``pytest -m slow -s`` prints it)."""
-    write_shards(tmp_path, "train", [64, 64], num_frames=17, height=64, width=64, num_tracks=4)
-    datamodule = make_datamodule(
-        tmp_path / "train-*.tar",
-        resolution=[64, 64],
-        num_frames=17,
-        num_workers=2,
-        shuffle_buffer=64,
-        max_tracks=8,
-    )
-    loader = datamodule.train_dataloader()
-    clips = 0
-    for epoch in range(3):
-        start = time.perf_counter()
-        clips = sum(len(batch["key"]) for batch in loader)
-        seconds = time.perf_counter() - start
-        print(f"epoch {epoch}: {clips} clips in {seconds:.2f} s = {clips / seconds:.1f} clips/s")
-    assert clips == 128
 
 
 def test_training_windows_of_longer_clips_report_their_start(tmp_path):

@@ -1,11 +1,13 @@
 """WebDataset shards of the shard schema -> training batches (one LightningDataModule).
 
-Each batch is a dict (see the project contracts):
+Each batch is a dict:
 
 - ``video`` float ``[B, 3, T, H, W]`` in [-1, 1]
 - ``flow`` float ``[B, T-1, H, W, 2]`` forward flow in pixels of the output resolution
 - ``tracks`` float ``[B, max_tracks, T, 2]`` and ``track_mask`` bool ``[B, max_tracks]``
 - ``caption`` list[str], ``key`` list[str], ``fps`` float ``[B]``
+- ``frame_start`` int ``[B]``: the window's first frame in the stored clip
+  (with ``key`` it identifies the clip, e.g. for the latent cache)
 
 **Equal batch counts on every rank.** Every rank yields exactly ``num_batches``
 batches per epoch, split over its DataLoader workers, so DDP never waits on a
@@ -26,7 +28,7 @@ rank that ran out of data:
 
 **Bad data never stops an epoch and is never lost silently.** An unreadable or
 truncated shard, or a sample that does not decode or follow the schema, is
-skipped with a logged warning and counted in a :class:`DataIssueCounter`: one
+skipped with a logged warning and counted in a :class:`~tora.data.issues.DataIssueCounter`: one
 row per DataLoader worker in shared memory, so counts made inside worker
 processes are visible to the main process at once. ``datamodule.skipped`` sums
 them as a loggable dict (``{"data/skipped_samples": n, ...}``, e.g. for
@@ -39,287 +41,18 @@ as ``data/clips_over_max_tracks``.
 
 from __future__ import annotations
 
-import functools
-import glob
 import logging
-import os
-import random
-import tarfile
-from collections.abc import Iterator, Sequence
-from itertools import islice
-from typing import Any
+from collections.abc import Sequence
 
-import braceexpand
 import lightning as L
-import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext
+from torch.utils.data import DataLoader
 
-from tora.data.schema import decode_sample
-from tora.data.transforms import frame_window_start, resize_center_crop, take_frame_window
+from tora.data.clips import ClipBatches
+from tora.data.issues import DataIssueCounter
+from tora.data.shards import count_samples, expand_shards, split_in_proportion
 
 log = logging.getLogger(__name__)
-
-
-class DataIssueCounter:
-    """Counts of skipped shards and samples, shared between a DataLoader's workers.
-
-    ``counts[row, field]`` lives in shared memory; row 0 is the main process
-    (``num_workers=0``), row ``i + 1`` DataLoader worker ``i``, so no two
-    processes ever write the same cell.
-    """
-
-    FIELDS = ("skipped_samples", "skipped_shards", "clips_over_max_tracks")
-
-    def __init__(self, num_workers: int, shards: Sequence[str]):
-        self.counts = torch.zeros(num_workers + 1, len(self.FIELDS), dtype=torch.int64)
-        self.counts.share_memory_()
-        self.shards = frozenset(shards)
-
-    def add(self, field: str, count: int = 1) -> None:
-        worker = get_worker_info()
-        self.counts[0 if worker is None else worker.id + 1, self.FIELDS.index(field)] += count
-
-    def totals(self) -> dict[str, int]:
-        return dict(zip(self.FIELDS, self.counts.sum(dim=0).tolist(), strict=True))
-
-    def shard_error(self, error: Exception) -> bool:
-        """``WebDataset(handler=...)``: log, count and continue after a tar-reading error.
-
-        webdataset appends the shard URL to errors that end a shard (open failure,
-        truncated or corrupt tar); a failed member read inside a shard names the
-        shard only in its message and is always followed by such an error, so it
-        is logged but not counted twice. Other errors (e.g. a duplicate member
-        name) lose one sample.
-        """
-        named = [*error.args[-1:], getattr(error, "filename", None)]
-        shard = next(
-            (name for name in named if isinstance(name, str) and name in self.shards), None
-        )
-        if shard is not None:
-            log.warning("skipping the rest of shard %s: %r", shard, error)
-            self.add("skipped_shards")
-        elif any(name in str(error) for name in self.shards):
-            log.warning("shard read error: %r", error)
-        else:
-            log.warning("skipping a sample: %r", error)
-            self.add("skipped_samples")
-        return True
-
-    def sample_error(self, error: Exception) -> bool:
-        """``.map(..., handler=...)``: log, count and continue after an undecodable sample."""
-        log.warning("skipping a sample: %s", error)
-        self.add("skipped_samples")
-        return True
-
-
-class ClipBatches(IterableDataset):
-    """Exactly ``sum(worker_batches)`` collated batches per epoch for one rank.
-
-    Iterated inside each DataLoader worker: worker ``i`` builds its own
-    WebDataset pipeline seeded from the worker's ``random`` state (torch reseeds
-    it every epoch from the main process generator, so ``seed_everything`` makes
-    epochs reproducible) and yields ``worker_batches[i]`` batches.
-    """
-
-    def __init__(
-        self,
-        shards: list[str],
-        *,
-        worker_batches: list[int],
-        batch_size: int,
-        num_frames: int,
-        resolution: tuple[int, int],
-        max_tracks: int,
-        rank: int,
-        world_size: int,
-        train: bool,
-        resampled: bool,
-        shard_shuffle: int,
-        shuffle_buffer: int,
-        counter: DataIssueCounter,
-    ):
-        super().__init__()
-        self.shards = shards
-        self.worker_batches = worker_batches
-        self.batch_size = batch_size
-        self.num_frames = num_frames
-        self.resolution = resolution
-        self.max_tracks = max_tracks
-        self.rank = rank
-        self.world_size = world_size
-        self.train = train
-        self.resampled = resampled
-        self.shard_shuffle = shard_shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.counter = counter
-
-    def __len__(self) -> int:
-        return sum(self.worker_batches)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
-        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        if num_workers != len(self.worker_batches):
-            raise RuntimeError(
-                f"ClipBatches planned for {len(self.worker_batches)} workers, "
-                f"iterated by {num_workers}"
-            )
-        share = self.worker_batches[worker_id]
-        if share == 0:
-            return
-        seed = random.randrange(2**32)
-        samples = self.sample_pipeline(seed).with_epoch(share * self.batch_size)
-        batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
-        produced = 0
-        for batch in batches:
-            produced += 1
-            yield batch
-        if produced < share:
-            raise RuntimeError(
-                f"rank {self.rank} worker {worker_id}: a whole pass over its shards gave no "
-                f"decodable sample ({produced} of {share} batches made); shards: {self.shards}"
-            )
-
-    def sample_pipeline(self, seed: int) -> wds.WebDataset:
-        """Shards -> decoded, windowed, resized samples for this rank and worker."""
-        split_shards = len(self.shards) >= self.world_size
-        if self.resampled:
-            nodesplitter = workersplitter = None
-        else:
-            nodesplitter = (
-                functools.partial(split_by_rank, rank=self.rank, world_size=self.world_size)
-                if split_shards
-                else None
-            )
-            workersplitter = wds.split_by_worker
-        # Without a per-rank shard split every rank must read the shards in one
-        # order for the sample split to be disjoint, so they are not shuffled.
-        shard_shuffle = (
-            self.shard_shuffle if self.train and split_shards and not self.resampled else False
-        )
-        dataset = wds.WebDataset(
-            self.shards,
-            handler=self.counter.shard_error,
-            resampled=self.resampled,
-            shardshuffle=shard_shuffle,
-            nodesplitter=nodesplitter,
-            workersplitter=workersplitter,
-            empty_check=False,
-            seed=seed,
-        )
-        if not self.resampled and not split_shards:
-            dataset = dataset.slice(self.rank, None, self.world_size)
-        if self.train and self.shuffle_buffer > 1:
-            dataset = dataset.shuffle(self.shuffle_buffer, seed=seed)
-        generator = np.random.default_rng(seed) if self.train else None
-        load = functools.partial(self.load_clip, generator=generator)
-        return dataset.map(load, handler=self.counter.sample_error)
-
-    def load_clip(
-        self, raw: dict[str, Any], generator: np.random.Generator | None
-    ) -> dict[str, Any]:
-        """One WebDataset sample -> tensors at the configured length and resolution."""
-        clip = decode_sample(raw)
-        start = frame_window_start(len(clip.frames), self.num_frames, generator)
-        frames, flow, tracks = take_frame_window(clip, start, self.num_frames)
-        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-        video, flow, tracks = resize_center_crop(
-            video, torch.from_numpy(flow), torch.from_numpy(tracks), self.resolution
-        )
-        return {
-            "video": (video / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3),
-            "flow": flow,
-            "tracks": tracks,
-            "caption": clip.caption,
-            "key": clip.key,
-            "frame_start": start,  # with the key, identifies the clip (latent cache)
-            "fps": clip.fps,
-        }
-
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack samples; pad (or cut, counted) tracks to ``max_tracks`` with a mask."""
-        tracks = torch.zeros(len(samples), self.max_tracks, self.num_frames, 2)
-        track_mask = torch.zeros(len(samples), self.max_tracks, dtype=torch.bool)
-        for index, sample in enumerate(samples):
-            if len(sample["tracks"]) > self.max_tracks:
-                self.counter.add("clips_over_max_tracks")
-            kept = sample["tracks"][: self.max_tracks]
-            tracks[index, : len(kept)] = kept
-            track_mask[index, : len(kept)] = True
-        return {
-            "video": torch.stack([sample["video"] for sample in samples]),
-            "flow": torch.stack([sample["flow"] for sample in samples]),
-            "tracks": tracks,
-            "track_mask": track_mask,
-            "caption": [sample["caption"] for sample in samples],
-            "key": [sample["key"] for sample in samples],
-            "frame_start": torch.tensor([sample["frame_start"] for sample in samples]),
-            "fps": torch.tensor([sample["fps"] for sample in samples], dtype=torch.float32),
-        }
-
-
-def split_in_proportion(total: int, weights: Sequence[int]) -> list[int]:
-    """Non-negative integers summing to ``total`` in proportion to ``weights``
-    (largest remainder; equal weights if all are zero)."""
-    if sum(weights) == 0:
-        weights = [1] * len(weights)
-    exact = [total * weight / sum(weights) for weight in weights]
-    shares = [int(value) for value in exact]
-    by_remainder = sorted(range(len(shares)), key=lambda i: exact[i] - shares[i], reverse=True)
-    for index in by_remainder[: total - sum(shares)]:
-        shares[index] += 1
-    return shares
-
-
-def split_by_rank(urls: Iterator[Any], rank: int, world_size: int) -> Iterator[Any]:
-    """WebDataset node splitter for a rank fixed in the main process.
-
-    ``wds.split_by_node`` asks torch.distributed for the rank inside the
-    DataLoader worker, which answers rank 0 in workers that were spawned
-    rather than forked (unless ``RANK`` is set in the environment).
-    """
-    yield from islice(urls, rank, None, world_size)
-
-
-def expand_shards(pattern: str | Sequence[str], name: str) -> list[str]:
-    """Brace patterns, globs or lists -> sorted shard paths (URLs are kept as they are)."""
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    shards: list[str] = []
-    for item in patterns:
-        for path in braceexpand.braceexpand(str(item)):
-            if "://" in path or path.startswith("pipe:"):
-                shards.append(path)
-            elif glob.has_magic(path):
-                shards.extend(sorted(glob.glob(path)))
-            elif os.path.exists(path):
-                shards.append(path)
-            else:
-                raise FileNotFoundError(f"{name}: shard {path} does not exist")
-    if not shards:
-        raise FileNotFoundError(f"{name}: {pattern!r} matched no shards")
-    return shards
-
-
-def count_samples(shard: str) -> int | None:
-    """Samples in a local tar shard, from its headers; None for a remote URL.
-
-    A shard that cannot be read to the end counts the samples before the damage.
-    """
-    if "://" in shard or shard.startswith("pipe:"):
-        return None
-    keys = set()
-    try:
-        with tarfile.open(shard, "r:") as archive:
-            for member in archive:
-                prefix, _ = base_plus_ext(member.name)
-                if member.isreg() and prefix is not None and not prefix.startswith("__"):
-                    keys.add(prefix)
-    except (tarfile.TarError, OSError) as error:
-        log.warning("shard %s is damaged after %d samples: %r", shard, len(keys), error)
-    return len(keys)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -331,7 +64,6 @@ class ShardDataModule(L.LightningDataModule):
         resolution: output ``[H, W]``; clips are resized to cover it and centre-cropped.
         num_frames: clip length ``T = 4k + 1``; a window of ``T`` consecutive
             frames is taken (random start in training, centred in validation).
-        frame_stride: only 1 (consecutive frames: the stored flow is frame to frame).
         shuffle_buffer: samples in the training shuffle buffer (0 or 1: no shuffle).
         shard_shuffle: shards in the training shard shuffle buffer (0: none).
         resampled: draw training shards with replacement, ``epoch_length``
@@ -346,7 +78,6 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: str | Sequence[str] | None,
         resolution: Sequence[int],
         num_frames: int,
-        frame_stride: int = 1,
         batch_size: int = 2,
         num_workers: int = 2,
         shuffle_buffer: int = 64,
@@ -361,11 +92,6 @@ class ShardDataModule(L.LightningDataModule):
         if num_frames < 1 or (num_frames - 1) % 4:
             raise ValueError(
                 f"data.num_frames: 4k+1 frames expected (the causal VAE), got {num_frames}"
-            )
-        if frame_stride != 1:
-            raise ValueError(
-                f"data.frame_stride: only 1 is supported (flow is stored frame to frame), "
-                f"got {frame_stride}"
             )
         if len(resolution) != 2 or any(int(v) < 1 for v in resolution):
             raise ValueError(f"data.resolution: [H, W] positive expected, got {list(resolution)}")
