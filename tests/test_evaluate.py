@@ -49,7 +49,7 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
         assert 0 <= row["by_tracker"]["lucas_kanade"]["coverage"] <= 1
         assert row["fvd"] == {
             "available": False,
-            "reason": "no I3D TorchScript configured: set eval.metrics.i3d_path",
+            "reason": "no I3D TorchScript configured: set metrics.i3d_path",
         }
     # The exact tracker recovers the real clips' object tracks almost perfectly.
     assert metrics["tracker_floor_on_real_clips"] < 1.0

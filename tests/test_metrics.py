@@ -341,7 +341,7 @@ def test_fvd_unavailable_and_missing_model(tmp_path):
     assert metric(None, None) is metric
     assert metric.as_dict() == {
         "available": False,
-        "reason": "no I3D TorchScript configured: set eval.metrics.i3d_path",
+        "reason": "no I3D TorchScript configured: set metrics.i3d_path",
     }
     with pytest.raises(FileNotFoundError, match="no_such_i3d.pt"):
         build_fvd(tmp_path / "no_such_i3d.pt")
@@ -457,5 +457,5 @@ def test_clipsim_errors_and_unavailable(tmp_path, tiny_clip_dir):
     assert isinstance(metric, MetricUnavailable)
     assert metric.as_dict() == {
         "available": False,
-        "reason": "no CLIP model configured: set eval.metrics.clip_path",
+        "reason": "no CLIP model configured: set metrics.clip_path",
     }

@@ -106,5 +106,5 @@ def build_clipsim(clip_path: str | Path | None, **kwargs) -> CLIPSimilarity | Me
     A configured path that does not exist is an error, not "unavailable".
     """
     if clip_path is None:
-        return MetricUnavailable("clipsim", "no CLIP model configured: set eval.metrics.clip_path")
+        return MetricUnavailable("clipsim", "no CLIP model configured: set metrics.clip_path")
     return CLIPSimilarity(clip_path, **kwargs)

@@ -259,5 +259,5 @@ def build_fvd(
     A configured path that does not exist is an error, not "unavailable".
     """
     if i3d_path is None:
-        return MetricUnavailable("fvd", "no I3D TorchScript configured: set eval.metrics.i3d_path")
+        return MetricUnavailable("fvd", "no I3D TorchScript configured: set metrics.i3d_path")
     return FrechetVideoDistance(I3DFeatureExtractor(i3d_path, **extractor_kwargs), batch_size)
