@@ -37,9 +37,12 @@ from tora.data.prepare import (
     score_motion,
 )
 from tora.data.prepare.captions import build_captioner
-from tora.data.prepare.pipeline import MANIFEST, SUMMARY, VideoJob, _pool_result
+from tora.data.prepare.manifest import MANIFEST
+from tora.data.prepare.pool import pool_result
 from tora.data.prepare.scores import build_quality_scorer, motion_rejection
+from tora.data.prepare.summary import SUMMARY
 from tora.data.prepare.timing import StageTimer
+from tora.data.prepare.video import VideoJob
 from tora.data.schema import decode_sample
 from tora.train import train
 from tora.utils.config import CONFIG_DIR
@@ -361,7 +364,7 @@ def test_a_dead_worker_process_fails_its_video():
     job = VideoJob("v.mp4", "v.mp4", "0" * 12, "train", size=1, mtime_ns=1)
     crashed = Future()
     crashed.set_exception(BrokenProcessPool("a worker died"))
-    result = _pool_result(crashed, job)
+    result = pool_result(crashed, job)
     assert result.status == "failed"
     assert result.records == [
         {**result.records[0], "video": "v.mp4", "status": "failed", "reason": "worker_died"}

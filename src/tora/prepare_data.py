@@ -4,7 +4,7 @@
 Finds the videos under ``src``, cuts them into scenes and clips, scores and
 filters the clips, estimates their optical flow and sparse tracks, and writes
 the kept ones as shards of the one shard schema, with ``manifest.jsonl`` and
-``summary.json`` (see :mod:`tora.data.prepare.pipeline`). Reruns skip the
+``summary.json`` (see :mod:`tora.data.prepare.run`). Reruns skip the
 videos already done.
 """
 

@@ -3,8 +3,10 @@
 One concept per module: ``video_io`` (finding and decoding videos into scenes of
 resampled, resized frames), ``scenes`` (the scene-cut detector and clip
 positions), ``flow`` (optical flow estimators), ``scores`` (motion, camera and
-quality scores and the filters on them), ``captions`` (captioners), ``pipeline``
-(the parallel, resumable run, manifest and summary), ``config`` (typed settings).
+quality scores and the filters on them), ``captions`` (captioners), ``video``
+(one video -> staged shards and manifest lines), ``pool`` (worker processes),
+``manifest`` (``manifest.jsonl``), ``summary`` (``summary.json`` and its table),
+``run`` (the resumable run over a folder), ``config`` (typed settings).
 """
 
 from tora.data.prepare.captions import Captioner, SidecarCaptioner, build_captioner
@@ -15,7 +17,7 @@ from tora.data.prepare.flow import (
     RAFTFlowEstimator,
     build_flow_estimator,
 )
-from tora.data.prepare.pipeline import RunSummary, prepare, summary_table
+from tora.data.prepare.run import prepare
 from tora.data.prepare.scenes import ContentDetector, Scene, clip_starts
 from tora.data.prepare.scores import (
     CAMERA_CLASSES,
@@ -25,6 +27,7 @@ from tora.data.prepare.scores import (
     classify_camera,
     score_motion,
 )
+from tora.data.prepare.summary import RunSummary, summary_table
 from tora.data.prepare.video_io import VideoReadError, choose_bucket, find_videos, read_scenes
 
 __all__ = [
