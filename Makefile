@@ -7,15 +7,26 @@ PYTHON_SYSTEM ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+
+# Variables a user sets, listed by `make help` from the `#:` lines:
+#: WORLD=64|128  the tiny world's size; 128: own shards, checkpoints_128/, outputs/world_128/
+#: ARGS="..."  extra Hydra overrides for the target's command, e.g. ARGS="trainer.max_steps=50"
+#: EVAL_ARGS="..."  overrides for the evaluation ending each ablate-* sweep, e.g. "num_samples=16"
+#: SRC=<folder>  prepare-data: the videos to prepare (searched recursively)
+#: SHARDS=<folder>  prepare-data: where its shards go (default: data/prepared, from its config)
+#: CKPT_IN=<path>  convert*: a DeepSpeed checkpoint directory or a .ckpt
+#: CKPT_OUT=<file>  convert*: the .safetensors to write
+#: OUTPUT_DIR=<folder>  sample and eval write under it (default outputs, WORLD=128: outputs/world_128)
+
 # WORLD=128: the tiny world at 128² (the same scenes, objects 4-6.5 latent pixels wide
-# instead of 2-3, so the 8x VAE keeps their shapes; README "Trajectory control") with
-# its own shards and checkpoints and backbone patch 2 (the same 8 x 8 tokens per frame).
+# instead of 2-3, so the 8x VAE keeps their shapes; docs/findings.md) with its own
+# shards and checkpoints and backbone patch 2 (the same 8 x 8 tokens per frame).
 WORLD ?= 64
 ifeq ($(WORLD),64)
 DATA_DIR := data/synthetic
 DATA_CONFIGS := configs/synthetic.yaml configs/world/default.yaml
-CKPT := checkpoints
-OUT := outputs
+CKPT_DIR := checkpoints
+OUTPUT_DIR := outputs
 WORLD_DATA :=
 WORLD_VAE :=
 WORLD_DIT :=
@@ -24,10 +35,10 @@ WORLD_SAMPLE :=
 else ifeq ($(WORLD),128)
 DATA_DIR := data/synthetic_128
 DATA_CONFIGS := configs/synthetic.yaml configs/world/default.yaml configs/world/default_128.yaml
-CKPT := checkpoints_128
-OUT := outputs/world_128
+CKPT_DIR := checkpoints_128
+OUTPUT_DIR := outputs/world_128
 WORLD_DATA := world=default_128 out_dir=$(DATA_DIR)
-WORLD_VAE := data=synthetic_128 paths.checkpoint_dir=$(CKPT)
+WORLD_VAE := data=synthetic_128 paths.checkpoint_dir=$(CKPT_DIR)
 WORLD_DIT := $(WORLD_VAE) 'model.backbone.patch_size=[1,2,2]'
 # Errors reported in 64² pixels (comparable with WORLD=64); the LK window scaled with the frame.
 WORLD_EVAL := $(WORLD_VAE) 'reference_size=[64,64]' lucas_kanade.window_size=41
@@ -36,13 +47,15 @@ else
 $(error WORLD=$(WORLD): 64 or 128 expected)
 endif
 DATA := $(DATA_DIR)/.complete
-# Extra Hydra overrides for any training target, e.g. make train-stage1 ARGS="trainer.max_steps=50"
 ARGS ?=
-# Overrides for the evaluation that ends each ablation sweep, e.g. EVAL_ARGS="num_samples=32"
 EVAL_ARGS ?=
+SHARDS ?=
 
 help: ## Show this help
+	@echo "Targets:"
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@echo "Variables (make <target> NAME=value):"
+	@grep -hE '^#: ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = "  +"}; {sub(/^#: /, ""); printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml requirements/constraints.txt
 	test -d $(VENV) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -58,76 +71,80 @@ $(DATA): $(INSTALLED) $(DATA_CONFIGS)
 
 data: $(DATA) ## Write the synthetic WebDataset shards (train + val) under data/synthetic (WORLD=128: data/synthetic_128)
 
-$(CKPT)/video_vae.ckpt: $(DATA)
+$(CKPT_DIR)/video_vae.ckpt: $(DATA)
 	$(PY) -m tora.train experiment=video_vae export_checkpoint=$@ $(WORLD_VAE) $(ARGS)
 
-$(CKPT)/base_t2v.ckpt: $(CKPT)/video_vae.ckpt
+$(CKPT_DIR)/base_t2v.ckpt: $(CKPT_DIR)/video_vae.ckpt
 	$(PY) -m tora.train experiment=base_t2v export_checkpoint=$@ $(WORLD_DIT) $(ARGS)
 
-$(CKPT)/motion_vae.ckpt: $(CKPT)/video_vae.ckpt
+$(CKPT_DIR)/motion_vae.ckpt: $(CKPT_DIR)/video_vae.ckpt
 	$(PY) -m tora.train experiment=motion_vae export_checkpoint=$@ $(WORLD_VAE) $(ARGS)
 
-train-video-vae: $(CKPT)/video_vae.ckpt ## Pretrain the video VAE (stand-in for OpenSora's VAE)
-train-base: $(CKPT)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
-train-motion-vae: $(CKPT)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
+train-video-vae: $(CKPT_DIR)/video_vae.ckpt ## Pretrain the video VAE (stand-in for OpenSora's VAE)
+train-base: $(CKPT_DIR)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
+train-motion-vae: $(CKPT_DIR)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
 
-train-stage1: $(CKPT)/base_t2v.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
-	$(PY) -m tora.train experiment=stage1_flow export_checkpoint=$(CKPT)/stage1.ckpt $(WORLD_DIT) $(ARGS)
+train-stage1: $(CKPT_DIR)/base_t2v.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
+	$(PY) -m tora.train experiment=stage1_flow export_checkpoint=$(CKPT_DIR)/stage1.ckpt $(WORLD_DIT) $(ARGS)
 
-$(CKPT)/stage1.ckpt:
+$(CKPT_DIR)/stage1.ckpt:
 	$(MAKE) train-stage1 WORLD=$(WORLD)
 
-train-stage2: $(CKPT)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
-	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT)/stage2.ckpt $(WORLD_DIT) $(ARGS)
+train-stage2: $(CKPT_DIR)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
+	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT_DIR)/stage2.ckpt $(WORLD_DIT) $(ARGS)
 
-$(CKPT)/stage2.ckpt:
+$(CKPT_DIR)/stage2.ckpt:
 	$(MAKE) train-stage2 WORLD=$(WORLD)
 
-sample: $(CKPT)/stage2.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
-	$(PY) -m tora.sample ckpt=$(CKPT)/stage2.ckpt prompts_file=examples/prompts.txt \
-		'tracks=[examples/tracks/left_to_right.txt,examples/tracks/arc.txt]' out_dir=$(OUT)/sample $(WORLD_SAMPLE) $(ARGS)
+sample: $(CKPT_DIR)/stage2.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
+	$(PY) -m tora.sample ckpt=$(CKPT_DIR)/stage2.ckpt prompts_file=examples/prompts.txt \
+		'tracks=[examples/tracks/left_to_right.txt,examples/tracks/arc.txt]' out_dir=$(OUTPUT_DIR)/sample $(WORLD_SAMPLE) $(ARGS)
 
-eval: $(CKPT)/stage2.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
-	$(PY) -m tora.evaluate ckpt=$(CKPT)/stage2.ckpt out_dir=$(OUT)/eval $(WORLD_EVAL) $(ARGS)
+eval: $(CKPT_DIR)/stage2.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
+	$(PY) -m tora.evaluate ckpt=$(CKPT_DIR)/stage2.ckpt out_dir=$(OUTPUT_DIR)/eval $(WORLD_EVAL) $(ARGS)
 
 # Ablation sweeps (Hydra multirun): the runs of one sweep sit side by side under
-# logs/<task>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml.
-ABLATION_PREREQS := $(CKPT)/base_t2v.ckpt $(CKPT)/motion_vae.ckpt
+# logs/ablate_<name>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml; the
+# newest sweep folder is then evaluated and tabulated by tora.report.
+# $(call ablate,<name>,<swept override>)
+define ablate
+$(PY) -m tora.train -m experiment=ablation task_name=ablate_$(1) $(2) $(WORLD_DIT) $(ARGS)
+$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_$(1)/multiruns/*/ | head -1) $(WORLD_EVAL) $(EVAL_ARGS)
+endef
+ABLATION_PREREQS := $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt
+FUSERS := adaptive_norm,channel_concat,cross_attn
+MOTION_ENCODERS := motion_vae,video_vae,avg_pool,frame_sampling
+MOTION_SOURCES := dense,sparse,two_stage
 
 ablate-fusion: $(ABLATION_PREREQS) ## Sweep the three fusers (adaptive norm, channel concat, cross-attention)
-	$(PY) -m tora.train -m experiment=ablation task_name=ablate_fusion \
-		model/fuser=adaptive_norm,channel_concat,cross_attn $(WORLD_DIT) $(ARGS)
-	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_fusion/multiruns/*/ | head -1) $(WORLD_EVAL) $(EVAL_ARGS)
+	$(call ablate,fusion,model/fuser=$(FUSERS))
 
 ablate-compression: $(ABLATION_PREREQS) ## Sweep the four motion encoders (motion VAE, video VAE, avg pool, frame sampling)
-	$(PY) -m tora.train -m experiment=ablation task_name=ablate_compression \
-		model/motion_encoder=motion_vae,video_vae,avg_pool,frame_sampling $(WORLD_DIT) $(ARGS)
-	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_compression/multiruns/*/ | head -1) $(WORLD_EVAL) $(EVAL_ARGS)
+	$(call ablate,compression,model/motion_encoder=$(MOTION_ENCODERS))
 
 ablate-training: $(ABLATION_PREREQS) ## Sweep the training recipe (dense only, sparse only, two-stage)
-	$(PY) -m tora.train -m experiment=ablation task_name=ablate_training \
-		model.motion_source.kind=dense,sparse,two_stage $(WORLD_DIT) $(ARGS)
-	$(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_training/multiruns/*/ | head -1) $(WORLD_EVAL) $(EVAL_ARGS)
+	$(call ablate,training,model.motion_source.kind=$(MOTION_SOURCES))
 
 # Checkpoint conversion: a DeepSpeed directory or .ckpt -> one .safetensors, and
-# the small shareable file with only the Tora modules. CKPT_IN=<path> OUT=<file>
-convert: $(INSTALLED) ## Convert CKPT_IN (DeepSpeed dir or .ckpt) to OUT (.safetensors)
-	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(OUT)
+# the small shareable file with only the Tora modules.
+CONVERT_USAGE = usage: make $@ CKPT_IN=<DeepSpeed dir or .ckpt> CKPT_OUT=<file.safetensors>
+convert: $(INSTALLED) ## Convert CKPT_IN (DeepSpeed dir or .ckpt) to CKPT_OUT (.safetensors)
+	@test -n "$(CKPT_IN)" -a -n "$(CKPT_OUT)" || { echo "$(CONVERT_USAGE)"; exit 2; }
+	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(CKPT_OUT)
 
-convert-tora-modules: $(INSTALLED) ## Write only the Tora modules of CKPT_IN to OUT (.safetensors)
-	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(OUT) --tora-modules-only
+convert-tora-modules: $(INSTALLED) ## Write only the Tora modules of CKPT_IN to CKPT_OUT (.safetensors)
+	@test -n "$(CKPT_IN)" -a -n "$(CKPT_OUT)" || { echo "$(CONVERT_USAGE)"; exit 2; }
+	$(PY) -m tora.convert_checkpoint $(CKPT_IN) $(CKPT_OUT) --tora-modules-only
 
 bench: $(INSTALLED) ## Benchmark stage-1 training steps (writes bench/latest.json)
 	$(PY) -m tora.bench $(ARGS)
 
-# Your own videos -> training shards (tora.data.prepare): SRC=<video folder>, OUT=<shard
-# folder> (default data/prepared), settings in configs/prepare_data.yaml via ARGS.
-# Reruns skip the videos already done. Train on them with data=shards (see README).
-prepare-data: $(INSTALLED) ## Prepare the videos under SRC as training shards in OUT
-	@test -n "$(SRC)" || { echo "usage: make prepare-data SRC=<video folder> [OUT=<shard folder>] [ARGS=...]"; exit 2; }
-	$(PY) -m tora.prepare_data src=$(SRC) $(if $(OUT),out=$(OUT)) $(ARGS)
-
-.PHONY: prepare-data
+# Your own videos -> training shards (tora.data.prepare), settings in
+# configs/prepare_data.yaml via ARGS. Reruns skip the videos already done.
+# Train on them with data=shards (docs/data.md).
+prepare-data: $(INSTALLED) ## Prepare the videos under SRC as training shards in SHARDS
+	@test -n "$(SRC)" || { echo "usage: make prepare-data SRC=<video folder> [SHARDS=<shard folder>] [ARGS=...]"; exit 2; }
+	$(PY) -m tora.prepare_data src=$(SRC) $(if $(SHARDS),out=$(SHARDS)) $(ARGS)
 
 tensorboard: $(INSTALLED) ## Serve TensorBoard over logs/
 	$(VENV)/bin/tensorboard --logdir logs --bind_all
@@ -147,9 +164,9 @@ format: $(INSTALLED) ## Format with ruff
 	$(VENV)/bin/ruff format src tests
 
 clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
-	rm -rf logs outputs checkpoints data .pytest_cache .ruff_cache
+	rm -rf logs outputs checkpoints checkpoints_128 data .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
 	sample eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
-	tensorboard test test-all lint format clean
+	prepare-data tensorboard test test-all lint format clean
