@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
-from tora.bench import bench, datamodule_throughput
-from tora.utils.config import CONFIG_DIR
+from tora.bench.datamodule import datamodule_throughput
+from tora.bench.run import bench
 
 TINY = [
     "batch_size=1",
@@ -28,8 +28,7 @@ ROW_NUMBERS += ["fraction_of_peak", "peak_memory_bytes", "tokens_per_clip", "for
 
 
 def compose_bench(overrides: list[str]):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("bench", overrides=[*TINY, *overrides])
+    return compose_config("bench", [*TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
