@@ -82,8 +82,9 @@ def test_batches_follow_the_contract(tmp_path):
             assert batch["track_mask"][index].tolist() == mask
             assert (batch["tracks"][index, expected:] == 0).all()
     assert datamodule.skipped == {
-        "data/skipped_samples": 0,
         "data/skipped_shards": 0,
+        "data/skipped_bad_samples": 0,
+        "data/skipped_tracks_outside_canvas": 0,
         "data/clips_over_max_tracks": 2,
     }
 
@@ -105,7 +106,7 @@ def test_bad_shards_and_samples_are_skipped_and_counted(tmp_path):
     assert set(arrived) <= set(keys), "every sample of the good shards arrives"
     assert "val-bad" not in keys
     assert datamodule.skipped["data/skipped_shards"] >= 1
-    assert datamodule.skipped["data/skipped_samples"] >= 1
+    assert datamodule.skipped["data/skipped_bad_samples"] >= 1
 
     # Counts made inside DataLoader worker processes reach the main process.
     datamodule = make_datamodule(
@@ -114,7 +115,7 @@ def test_bad_shards_and_samples_are_skipped_and_counted(tmp_path):
     datamodule.setup("validate")
     assert len(list(datamodule.val_dataloader())) == datamodule.num_batches("val")
     assert datamodule.skipped["data/skipped_shards"] >= 1
-    assert datamodule.skipped["data/skipped_samples"] >= 1
+    assert datamodule.skipped["data/skipped_bad_samples"] >= 1
 
 
 def test_shard_lists_are_expanded_counted_and_split(tmp_path):
@@ -137,11 +138,38 @@ def test_shard_lists_are_expanded_counted_and_split(tmp_path):
     assert split_in_proportion(2, [0, 0]) == [1, 1]
 
 
+def test_samples_with_track_points_off_the_canvas_are_skipped_and_counted(tmp_path):
+    """Points more than half a pixel outside the video are refused, as ``tora.sample``
+    refuses them, instead of being clamped into the motion maps and trained on."""
+    clip = _constant_clip(9, 32, 32, (1.0, 1.0))
+    outside = encode_sample("val-outside", *clip)
+    tracks = clip[2].copy()
+    tracks[0, 4] = (32.0, 5.0)  # x > W - 0.5
+    outside["tracks.json"] = json.dumps({"canvas": [32, 32], "tracks": tracks.tolist()}).encode()
+    with ShardWriter(str(tmp_path), "val", maxcount=10) as writer:
+        writer.write(encode_sample("val-good-0", *clip))
+        writer.write(outside)
+        writer.write(encode_sample("val-good-1", *clip))
+        writer.write({**encode_sample("val-bad", *clip), "mp4": b"not a video"})
+    datamodule = make_datamodule(tmp_path / "val-*.tar", tmp_path / "val-*.tar", batch_size=1)
+    datamodule.setup("validate")
+    keys = [key for batch in datamodule.val_dataloader() for key in batch["key"]]
+    # 4 samples counted, 2 good: the stream is read twice to make the 4 batches, and
+    # stops before the undecodable sample comes round again.
+    assert keys == ["val-good-0", "val-good-1"] * 2
+    assert datamodule.skipped == {
+        "data/skipped_shards": 0,
+        "data/skipped_bad_samples": 1,
+        "data/skipped_tracks_outside_canvas": 2,
+        "data/clips_over_max_tracks": 0,
+    }
+
+
 def _constant_clip(num_frames, height, width, velocity):
     """A clip whose flow is a constant translation and whose tracks move with it."""
     frames = np.full((num_frames, height, width, 3), 128, np.uint8)
     flow = np.broadcast_to(np.float32(velocity), (num_frames - 1, height, width, 2)).copy()
-    start = np.array([[10.0, 20.0], [100.0, 50.0]], np.float32)
+    start = np.array([[10.0, 20.0], [0.7 * width, 0.4 * height]], np.float32)
     steps = np.arange(num_frames, dtype=np.float32)[:, None]
     tracks = start[:, None] + steps * np.asarray(velocity, np.float32)
     return frames, flow, tracks, "constant motion", {"fps": 8.0, "source": "test"}

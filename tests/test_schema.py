@@ -12,6 +12,7 @@ from tora.data.schema import (
     SAMPLE_FILES,
     ShardFormatError,
     ShardWriter,
+    TracksOutsideCanvasError,
     decode_sample,
     decode_video,
     encode_sample,
@@ -122,6 +123,29 @@ def test_decode_errors_name_sample_and_file():
 
     with pytest.raises(ShardFormatError, match="meta.json: invalid JSON"):
         decode_sample({**raw, "meta.json": b"{"})
+
+
+@pytest.mark.parametrize(
+    "point, kept",
+    [((-0.5, 0.0), True), ((31.5, 31.5), True), ((-0.51, 3.0), False), ((3.0, 31.6), False)],
+)
+def test_track_points_must_lie_on_the_canvas_within_half_a_pixel(point, kept):
+    """The area ``tora.sample`` accepts: [-0.5, W - 0.5] x [-0.5, H - 0.5], on both sides."""
+    clip = make_clip(np.random.default_rng(4))
+    raw = encode_sample("clip-8", **clip)
+    tracks = clip["tracks"].copy()
+    tracks[1, 5] = point
+    document = {"canvas": [32, 32], "tracks": tracks.tolist()}
+    moved = {**raw, "tracks.json": json.dumps(document).encode()}
+    if kept:
+        np.testing.assert_array_equal(decode_sample(moved).tracks[1, 5], point)
+        encode_sample("clip-8", **{**clip, "tracks": tracks})
+        return
+    message = rf"sample clip-8 tracks.json: track 1 frame 5: point \({point[0]:g}, {point[1]:g}\)"
+    with pytest.raises(TracksOutsideCanvasError, match=message + " outside the 32x32 canvas"):
+        decode_sample(moved)
+    with pytest.raises(TracksOutsideCanvasError, match="sample clip-8 tracks: track 1 frame 5"):
+        encode_sample("clip-8", **{**clip, "tracks": tracks})
 
 
 def test_writer_rejects_incomplete_samples(tmp_path):

@@ -27,16 +27,17 @@ rank that ran out of data:
   samples than its share leaves the rest for a later epoch.
 
 **Bad data never stops an epoch and is never lost silently.** An unreadable or
-truncated shard, or a sample that does not decode or follow the schema, is
-skipped with a logged warning and counted in a :class:`~tora.data.issues.DataIssueCounter`: one
-row per DataLoader worker in shared memory, so counts made inside worker
-processes are visible to the main process at once. ``datamodule.skipped`` sums
-them as a loggable dict (``{"data/skipped_samples": n, ...}``, e.g. for
-``self.log_dict(self.trainer.datamodule.skipped)``); the counts are events on
-this rank since the DataModule was made: a bad sample read in two epochs
-counts twice. Clips with
-more than ``max_tracks`` tracks keep their first ``max_tracks`` and are counted
-as ``data/clips_over_max_tracks``.
+truncated shard, a sample that does not decode or follow the schema, or one
+with a track point more than half a pixel outside the video (the points
+``tora.sample`` refuses) is skipped with a logged warning and counted per reason
+in a :class:`~tora.data.issues.DataIssueCounter`: one row per DataLoader worker
+in shared memory, so counts made inside worker processes are visible to the main
+process at once. ``datamodule.skipped`` sums them over this rank's loaders as a
+loggable dict (``{"data/skipped_bad_samples": n, ...}``); the counts are events
+since the DataModule was made: a bad sample read in two epochs counts twice.
+Clips with more than ``max_tracks`` tracks keep their first ``max_tracks`` and
+are counted as ``data/clips_over_max_tracks``. During training
+:class:`tora.training.data_health.DataHealth` logs the counts summed over ranks.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def skipped(self) -> dict[str, int]:
-        """Skipped shards/samples and over-long track lists so far, for ``log_dict``."""
+        """This rank's skipped shards/samples per reason and over-long track lists so far."""
         totals = dict.fromkeys(DataIssueCounter.FIELDS, 0)
         for counter in self._counters:
             for field, count in counter.totals().items():

@@ -1,4 +1,4 @@
-"""Counts of skipped shards and samples, shared between a DataLoader's worker processes."""
+"""Counts of skipped shards and samples, per reason, shared between a DataLoader's workers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import get_worker_info
 
+from tora.data.schema import TracksOutsideCanvasError
+
 log = logging.getLogger(__name__)
 
 
@@ -16,10 +18,19 @@ class DataIssueCounter:
 
     ``counts[row, field]`` lives in shared memory; row 0 is the main process
     (``num_workers=0``), row ``i + 1`` DataLoader worker ``i``, so no two
-    processes ever write the same cell.
+    processes ever write the same cell. Fields: ``skipped_shards`` (the rest of
+    an unreadable or truncated shard), ``skipped_bad_samples`` (a sample that
+    does not decode or follow the schema), ``skipped_tracks_outside_canvas`` (a
+    track point more than half a pixel outside the video) and
+    ``clips_over_max_tracks`` (kept, with their first ``max_tracks`` tracks).
     """
 
-    FIELDS = ("skipped_samples", "skipped_shards", "clips_over_max_tracks")
+    FIELDS = (
+        "skipped_shards",
+        "skipped_bad_samples",
+        "skipped_tracks_outside_canvas",
+        "clips_over_max_tracks",
+    )
 
     def __init__(self, num_workers: int, shards: Sequence[str]):
         self.counts = torch.zeros(num_workers + 1, len(self.FIELDS), dtype=torch.int64)
@@ -53,11 +64,14 @@ class DataIssueCounter:
             log.warning("shard read error: %r", error)
         else:
             log.warning("skipping a sample: %r", error)
-            self.add("skipped_samples")
+            self.add("skipped_bad_samples")
         return True
 
     def sample_error(self, error: Exception) -> bool:
-        """``.map(..., handler=...)``: log, count and continue after an undecodable sample."""
+        """``.map(..., handler=...)``: log, count (by reason) and continue after a bad sample."""
         log.warning("skipping a sample: %s", error)
-        self.add("skipped_samples")
+        if isinstance(error, TracksOutsideCanvasError):
+            self.add("skipped_tracks_outside_canvas")
+        else:
+            self.add("skipped_bad_samples")
         return True

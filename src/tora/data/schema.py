@@ -10,7 +10,8 @@ back with :func:`decode_sample`. A sample ``clip-000123`` is five tar members:
 - ``clip-000123.flow.npy``: float16 ``[T-1, H, W, 2]`` forward flow in pixels
   of the video (``flow[t]`` at pixel p of frame t points to p in frame t+1).
 - ``clip-000123.tracks.json``: ``{"canvas": [W, H], "tracks": [[[x, y], ...], ...]}``,
-  ``N`` tracks of ``T`` points in video pixels.
+  ``N`` tracks of ``T`` points in video pixels, every point inside the canvas
+  ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` (the area ``tora.sample`` accepts).
 - ``clip-000123.txt``: the caption, utf-8.
 - ``clip-000123.meta.json``: ``{"fps", "width", "height", "num_frames", "source",
   "scores", ...}``; extra fields are kept as they are.
@@ -43,6 +44,10 @@ MPEG4_BITS_PER_PIXEL = 4.0
 
 class ShardFormatError(ValueError):
     """A sample that does not follow the shard schema; the message names the sample and field."""
+
+
+class TracksOutsideCanvasError(ShardFormatError):
+    """A track point outside the video's pixel area (more than half a pixel past an edge)."""
 
 
 @dataclass
@@ -130,7 +135,7 @@ def encode_sample(
     _check_frames(frames, f"{where} frames")
     num_frames, height, width, _ = frames.shape
     _check_flow(flow, num_frames, height, width, f"{where} flow")
-    _check_tracks(tracks, num_frames, f"{where} tracks")
+    _check_tracks(tracks, num_frames, width, height, f"{where} tracks")
     if not isinstance(caption, str):
         raise ShardFormatError(f"{where} caption: str expected, got {type(caption).__name__}")
     meta = _complete_meta(meta, num_frames, height, width, f"{where} meta")
@@ -191,7 +196,7 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
         ) from error
     if tracks.size == 0:
         tracks = np.zeros((0, num_frames, 2), np.float32)
-    _check_tracks(tracks, num_frames, f"{where} tracks.json")
+    _check_tracks(tracks, num_frames, width, height, f"{where} tracks.json")
 
     try:
         caption = bytes(raw["txt"]).decode("utf-8")
@@ -286,7 +291,7 @@ def _check_flow(flow: np.ndarray, num_frames: int, height: int, width: int, wher
         raise ShardFormatError(f"{where}: finite floating-point values expected ({flow.dtype})")
 
 
-def _check_tracks(tracks: np.ndarray, num_frames: int, where: str) -> None:
+def _check_tracks(tracks: np.ndarray, num_frames: int, width: int, height: int, where: str) -> None:
     if tracks.ndim != 3 or tracks.shape[1:] != (num_frames, 2):
         raise ShardFormatError(
             f"{where}: shape [N, T, 2] with T = {num_frames} (the video) expected, "
@@ -294,6 +299,16 @@ def _check_tracks(tracks: np.ndarray, num_frames: int, where: str) -> None:
         )
     if not np.isfinite(tracks).all():
         raise ShardFormatError(f"{where}: finite (x, y) points expected")
+    upper = np.array([width - 0.5, height - 0.5], np.float32)
+    outside = ((tracks < -0.5) | (tracks > upper)).any(axis=-1)
+    if outside.any():
+        track, frame = np.argwhere(outside)[0].tolist()
+        x, y = tracks[track, frame].tolist()
+        raise TracksOutsideCanvasError(
+            f"{where}: track {track} frame {frame}: point ({x:g}, {y:g}) outside the "
+            f"{width}x{height} canvas (x in [-0.5, {width - 0.5:g}], "
+            f"y in [-0.5, {height - 0.5:g}] expected)"
+        )
 
 
 def _complete_meta(

@@ -58,7 +58,8 @@ def log_run_summary(
     datamodule: L.LightningDataModule,
     metrics: dict[str, float],
 ) -> None:
-    """Print a table of the final metrics, parameter counts and data statistics."""
+    """Print a table of the final metrics, parameter counts and the rows of callbacks
+    that have a ``run_summary()`` (e.g. the skipped-data totals of ``DataHealth``)."""
     if not trainer.is_global_zero:
         return
     table = Table(title="run summary")
@@ -66,10 +67,10 @@ def log_run_summary(
     table.add_column("value", justify="right")
     for name, value in parameter_counts(model).items():
         table.add_row(f"params/{name}", f"{value:,}")
-    data_stats = getattr(datamodule, "statistics", None)
-    if callable(data_stats):
-        for name, value in data_stats().items():
-            table.add_row(name, f"{value}")
+    for callback in trainer.callbacks:  # e.g. DataHealth: skipped data, all ranks
+        if hasattr(callback, "run_summary"):
+            for name, value in callback.run_summary().items():
+                table.add_row(name, f"{value}")
     for name, value in sorted(metrics.items()):
         table.add_row(name, f"{value:.5g}")
     table.add_row("global_step", str(trainer.global_step))
