@@ -72,36 +72,36 @@ $(DATA): $(INSTALLED) $(DATA_CONFIGS)
 data: $(DATA) ## Write the synthetic WebDataset shards (train + val) under data/synthetic (WORLD=128: data/synthetic_128)
 
 $(CKPT_DIR)/video_vae.ckpt: $(DATA)
-	$(PY) -m tora.train experiment=video_vae export_checkpoint=$@ $(WORLD_VAE) $(ARGS)
+	$(PY) -m tora.train experiment=video_vae $(WORLD_VAE) $(ARGS)
 
 $(CKPT_DIR)/base_t2v.ckpt: $(CKPT_DIR)/video_vae.ckpt
-	$(PY) -m tora.train experiment=base_t2v export_checkpoint=$@ $(WORLD_DIT) $(ARGS)
+	$(PY) -m tora.train experiment=base_t2v $(WORLD_DIT) $(ARGS)
 
 $(CKPT_DIR)/motion_vae.ckpt: $(CKPT_DIR)/video_vae.ckpt
-	$(PY) -m tora.train experiment=motion_vae export_checkpoint=$@ $(WORLD_VAE) $(ARGS)
+	$(PY) -m tora.train experiment=motion_vae $(WORLD_VAE) $(ARGS)
 
 train-video-vae: $(CKPT_DIR)/video_vae.ckpt ## Pretrain the video VAE (stand-in for OpenSora's VAE)
 train-base: $(CKPT_DIR)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
 train-motion-vae: $(CKPT_DIR)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
 
 train-stage1: $(CKPT_DIR)/base_t2v.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
-	$(PY) -m tora.train experiment=stage1_flow export_checkpoint=$(CKPT_DIR)/stage1.ckpt $(WORLD_DIT) $(ARGS)
+	$(PY) -m tora.train experiment=stage1_flow $(WORLD_DIT) $(ARGS)
 
-$(CKPT_DIR)/stage1.ckpt:
+$(CKPT_DIR)/stage1_flow.ckpt:
 	$(MAKE) train-stage1 WORLD=$(WORLD)
 
-train-stage2: $(CKPT_DIR)/stage1.ckpt ## Stage 2: continue on 1..N sparse trajectories
-	$(PY) -m tora.train experiment=stage2_traj export_checkpoint=$(CKPT_DIR)/stage2.ckpt $(WORLD_DIT) $(ARGS)
+train-stage2: $(CKPT_DIR)/stage1_flow.ckpt ## Stage 2: continue on 1..N sparse trajectories
+	$(PY) -m tora.train experiment=stage2_traj $(WORLD_DIT) $(ARGS)
 
-$(CKPT_DIR)/stage2.ckpt:
+$(CKPT_DIR)/stage2_traj.ckpt:
 	$(MAKE) train-stage2 WORLD=$(WORLD)
 
-sample: $(CKPT_DIR)/stage2.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
-	$(PY) -m tora.sample ckpt=$(CKPT_DIR)/stage2.ckpt prompts_file=examples/prompts.txt \
+sample: $(CKPT_DIR)/stage2_traj.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
+	$(PY) -m tora.sample ckpt=$(CKPT_DIR)/stage2_traj.ckpt prompts_file=examples/prompts.txt \
 		'tracks=[examples/tracks/left_to_right.txt,examples/tracks/arc.txt]' out_dir=$(OUTPUT_DIR)/sample $(WORLD_SAMPLE) $(ARGS)
 
-eval: $(CKPT_DIR)/stage2.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
-	$(PY) -m tora.evaluate ckpt=$(CKPT_DIR)/stage2.ckpt out_dir=$(OUTPUT_DIR)/eval $(WORLD_EVAL) $(ARGS)
+eval: $(CKPT_DIR)/stage2_traj.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
+	$(PY) -m tora.evaluate ckpt=$(CKPT_DIR)/stage2_traj.ckpt out_dir=$(OUTPUT_DIR)/eval $(WORLD_EVAL) $(ARGS)
 
 # Ablation sweeps (Hydra multirun): the runs of one sweep sit side by side under
 # logs/ablate_<name>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml; the

@@ -70,18 +70,13 @@ def compose_train(
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory, synthetic_shards) -> Path:
-    """Run the five stages (2 steps each), each reading the previous stages'
-    exported checkpoints as the Makefile chains them; returns the checkpoint dir."""
+    """Run the five stages (2 steps each), each exporting ``<task_name>.ckpt`` and
+    reading the previous stages' as the Makefile chains them; returns the checkpoint dir."""
     run_dir = tmp_path_factory.mktemp("chain")
     checkpoints = run_dir / "checkpoints"
     for stage in STAGES:
         cfg = compose_train(
-            [f"experiment={stage}", f"export_checkpoint={checkpoints}/{stage}.ckpt", *SHORT],
-            run_dir / stage,
-            synthetic_shards,
-            checkpoint_dir=checkpoints,
+            [f"experiment={stage}", *SHORT], run_dir / stage, synthetic_shards, checkpoints
         )
-        if stage == "stage1_flow":
-            cfg.export_checkpoint = str(checkpoints / "stage1.ckpt")
         train(cfg)
     return checkpoints

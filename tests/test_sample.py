@@ -63,7 +63,7 @@ def test_sample_cli_writes_videos_tracks_and_config(tmp_path, chain):
     ("override", "message"),
     [
         ("num_frames=16", "4k + 1"),
-        ("ckpt=/nonexistent/stage2.ckpt", "does not exist"),
+        ("ckpt=/nonexistent/stage2_traj.ckpt", "does not exist"),
         ("tracks=[{bad}]", "line 2"),
     ],
 )
@@ -103,9 +103,9 @@ def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain
 
     small = tmp_path / "tora_modules.safetensors"
     convert_checkpoint(chain / "stage2_traj.ckpt", small, tora_modules_only=True)
-    over_stage1 = ToraPipeline.from_checkpoint(small, base_ckpt=chain / "stage1.ckpt")
+    over_stage1 = ToraPipeline.from_checkpoint(small, base_ckpt=chain / "stage1_flow.ckpt")
     assert np.array_equal(over_stage1.generate(request, **kwargs), reference)
-    without = ToraPipeline.from_checkpoint(chain / "stage1.ckpt").generate(request, **kwargs)
+    without = ToraPipeline.from_checkpoint(chain / "stage1_flow.ckpt").generate(request, **kwargs)
     assert not np.array_equal(without, reference)
 
 

@@ -33,12 +33,12 @@ def build_module(overrides: list[str], tmp_path: Path):
 
 
 def test_chain_exports_every_stage(chain):
-    for name in ["video_vae", "base_t2v", "motion_vae", "stage1", "stage2_traj"]:
+    for name in ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]:
         assert (chain / f"{name}.ckpt").is_file(), name
     video_vae = read_state_dict(chain / "video_vae.ckpt")
     # The VAE stage fits the latent normalisation the diffusion stages see.
     assert not torch.equal(video_vae["vae.latent_scale"], torch.ones(4))
-    stage1 = read_state_dict(chain / "stage1.ckpt")
+    stage1 = read_state_dict(chain / "stage1_flow.ckpt")
     base = read_state_dict(chain / "base_t2v.ckpt")
     # Stage 1 trains temporal blocks and motion modules, never the spatial blocks.
     key = "model.backbone.spatial_blocks.0.attn.qkv.weight"
@@ -206,6 +206,7 @@ def test_deepspeed_configs_instantiate_their_strategy(tmp_path):
 def test_resume_continues_step_count_and_optimizer_state(tmp_path, chain, synthetic_shards):
     common = [
         "experiment=stage1_flow",
+        "export_checkpoint=null",  # would overwrite the chain's stage1_flow.ckpt
         "trainer.val_check_interval=2",
         "trainer.limit_val_batches=1",
     ]
@@ -259,6 +260,7 @@ def test_fuser_sweep_multirun(tmp_path, chain, synthetic_shards):
         [
             "-m",
             "experiment=stage1_flow",
+            "export_checkpoint=null",  # would overwrite the chain's stage1_flow.ckpt
             f"model/fuser={','.join(FUSERS)}",
             f"hydra.sweep.dir={sweep_dir}",
             *SHORT,
