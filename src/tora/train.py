@@ -13,8 +13,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from tora.training.preemption import SIGTERM_EXIT_CODE
 from tora.utils.config import CONFIG_PATH
 from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
 
@@ -37,7 +39,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException as interrupted:
+            raise SystemExit(SIGTERM_EXIT_CODE) from interrupted
     if cfg.get("validate", False):
         trainer.validate(model, datamodule=datamodule)
 
