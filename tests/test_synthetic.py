@@ -35,9 +35,11 @@ from tora.utils.config import CONFIG_DIR
 
 
 def rich_world(**overrides) -> WorldConfig:
-    """The full-variety world of configs/world/rich.yaml, with ``overrides``."""
+    """The full-variety world: the default world with the keys configs/world/rich.yaml
+    overrides, and ``overrides``."""
     values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "world" / "rich.yaml"))
-    return WorldConfig(**(values | overrides))
+    assert values.pop("defaults") == ["default", "_self_"]
+    return dataclasses.replace(WorldConfig(), **(values | overrides))
 
 
 # Every background, pans on half the clips, several objects: the hard cases of the flow.
