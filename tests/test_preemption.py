@@ -1,5 +1,6 @@
 """SIGTERM to a real ``python -m tora.train`` process: it saves ``last.ckpt``, logs how
-to resume, exports nothing and exits with 143 (128 + SIGTERM), not 0."""
+to resume, exports nothing and exits with 143 (128 + SIGTERM), not 0; and the SLURM
+trainer config that requeues a preempted job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from conftest import compose_train
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from tora.training.checkpoint_io import AtomicCheckpointIO
 
 
 def wait_for(path: Path, process: subprocess.Popen, output: Path, timeout: float) -> None:
@@ -69,3 +75,9 @@ def test_sigterm_saves_last_checkpoint_and_exits_143(tmp_path, synthetic_shards)
     assert line in log, log[-3000:]
     assert line in (run_dir / "train.log").read_text(), "in the run's log file too"
     assert not exported.exists(), "an interrupted run exports nothing"
+
+
+def test_slurm_trainer_requeues_and_keeps_the_checkpoint_writer(tmp_path):
+    plugins = hydra.utils.instantiate(compose_train(["trainer=slurm"], tmp_path).trainer.plugins)
+    assert [type(plugin) for plugin in plugins] == [AtomicCheckpointIO, SLURMEnvironment]
+    assert plugins[1].auto_requeue and plugins[1].requeue_signal == signal.SIGUSR1

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from tora.training.checkpoint_io import resume_checkpoint
 from tora.training.preemption import SIGTERM_EXIT_CODE
 from tora.utils.config import CONFIG_PATH
 from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
@@ -39,8 +40,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
+        ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), trainer)
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException as interrupted:
             raise SystemExit(SIGTERM_EXIT_CODE) from interrupted
     if cfg.get("validate", False):

@@ -4,6 +4,7 @@ motion VAE on flow-RGB maps (initialised from the video VAE, as in the paper).""
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import lightning as L
@@ -65,6 +66,8 @@ class VAEModule(L.LightningModule):
             load_vae_weights(self.vae, vae_cfg, init_checkpoint)
         if compile:
             self.vae.compile()
+        # The global step the latent statistics were last fitted at (None: never).
+        self.statistics_step: int | None = None
 
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         """The clip the VAE reconstructs, ``[B, 3, T, H, W]`` in [-1, 1]."""
@@ -136,21 +139,33 @@ class VAEModule(L.LightningModule):
     def on_fit_start(self) -> None:
         log_parameter_counts(self)
 
-    def on_train_end(self) -> None:
-        """Fit the per-channel latent shift/scale the diffusion model will see."""
-        self.fit_latent_statistics()
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Every saved file (periodic, last, SIGTERM, export) can serve as a VAE: the
+        latent shift/scale the diffusion stages read are fitted to the weights saved."""
+        if self.statistics_step != self.global_step:
+            self.fit_latent_statistics()
+            self.statistics_step = self.global_step
+        # The state dict was gathered before this hook.
+        for name in ("latent_shift", "latent_scale"):
+            checkpoint["state_dict"][f"vae.{name}"] = getattr(self.vae, name).detach().clone()
 
     @torch.no_grad()
     def fit_latent_statistics(self) -> None:
+        """Per-channel mean and std of the posterior modes of the first
+        ``latent_statistics_batches`` training batches."""
         if self.trainer is None or self.trainer.datamodule is None:
             return
         latents = []
         loader = self.trainer.datamodule.train_dataloader()
-        for i, batch in enumerate(loader):
-            if i >= self.hparams.latent_statistics_batches:
-                break
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            latents.append(self.vae.encode(self.target(batch)).mode())
+        # A save mid-run must not shift the random streams training continues with.
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for i, batch in enumerate(loader):
+                if i >= self.hparams.latent_statistics_batches:
+                    break
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                latents.append(self.vae.encode(self.target(batch)).mode())
+        random.setstate(python_state)
         if not latents:
             log.warning("no training batch to fit latent statistics; keeping shift 0, scale 1")
             return
