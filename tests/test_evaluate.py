@@ -6,6 +6,8 @@ import csv
 import json
 import shutil
 
+import numpy as np
+import pytest
 import yaml
 from conftest import compose_config
 
@@ -40,19 +42,25 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_clips"] == 2
     assert set(saved["variants"]) == {"tora", "no_control"}
-    for row in saved["variants"].values():
-        assert row["trajerror"] >= 0 and row["seconds_per_clip"] > 0
+    for name, row in saved["variants"].items():
+        assert row["trajerror"] == metrics["variants"][name]["trajerror"]
+        assert np.isfinite(row["trajerror"]) and row["seconds_per_clip"] > 0
         assert len(row["trajerror_per_frame"]) == 17
+        assert len(row["trajerror_per_clip"]) == 2
         # The headline tracker first, the extra one beside it.
         assert list(row["by_tracker"]) == ["mask_centroid", "lucas_kanade"]
         assert row["by_tracker"]["mask_centroid"]["trajerror"] == row["trajerror"]
-        assert 0 <= row["by_tracker"]["lucas_kanade"]["coverage"] <= 1
+        lucas_kanade = row["by_tracker"]["lucas_kanade"]
+        assert np.isfinite(lucas_kanade["trajerror"]) and 0 < lucas_kanade["coverage"] <= 1
+        # A point tracker starts at the requested point: no error in frame 0.
+        assert lucas_kanade["trajerror_per_frame"][0] == 0
         assert row["fvd"] == {
             "available": False,
             "reason": "no I3D TorchScript configured: set metrics.i3d_path",
         }
     # The exact tracker recovers the real clips' object tracks almost perfectly.
     assert metrics["tracker_floor_on_real_clips"] < 1.0
+    assert np.isfinite(metrics["tracker_floors"]["lucas_kanade"])
     assert metrics["tracker_floors"]["mask_centroid"] == metrics["tracker_floor_on_real_clips"]
     assert set(metrics["tracker_floors"]) == {"mask_centroid", "lucas_kanade"}
     report_md = (out / "report.md").read_text()
@@ -82,8 +90,14 @@ def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):
     assert rows[-1]["variant"].startswith("no control")
     with open(sweep / "ablation.csv") as file:
         table = list(csv.DictReader(file))
-    assert len(table) == 3 and float(table[0]["trajerror_px"]) >= 0
-    assert float(table[0]["trajerror_mask_centroid_px"]) >= 0  # the extra tracker's column
+    assert [row["variant"] for row in table] == [r["variant"] for r in rows]
+    # Each row is its run's metrics.json; the no-control row is the first run's baseline.
+    evaluated = [json.loads((sweep / str(i) / "eval" / "metrics.json").read_text()) for i in (0, 1)]
+    variants = [m["variants"]["tora"] for m in evaluated] + [evaluated[0]["variants"]["no_control"]]
+    for line, variant in zip(table, variants, strict=True):
+        assert float(line["trajerror_px"]) == pytest.approx(variant["trajerror"], abs=1e-4)
+        extra = variant["by_tracker"]["mask_centroid"]["trajerror"]  # the extra tracker's column
+        assert float(line["trajerror_mask_centroid_px"]) == pytest.approx(extra, abs=1e-4)
     assert (sweep / "trajerror.png").stat().st_size > 1000
     assert "model/fuser=cross_attn" in (sweep / "ablation.md").read_text()
 
