@@ -72,9 +72,8 @@ class ChannelNorm(nn.Module):
 
     Its statistics never look across space or time: a flat frame keeps its colour
     (as the pattern across channels), whereas :class:`FrameGroupNorm`, normalising
-    each group over the frame, maps every flat frame to the same +-1 pattern —
-    a tiny VAE with GroupNorm learnt luminance edges and decoded flat colours grey
-    (20 dB on the synthetic world). Causal and chunkable by construction.
+    each group over the frame, maps every flat frame to the same +-1 pattern, so
+    flat colours decode grey (docs/findings.md). Causal and chunkable by construction.
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -181,10 +180,9 @@ class Upsample(nn.Module):
     ``rms_norm``: divide the input by its per-frame RMS first (:class:`FrameRMSNorm`).
     Without it the decoder's residual stream is multiplied by every upsampling
     conv in turn and, since ``norm_out`` removes any overall scale, nothing stops
-    those gains from growing: a tiny VAE trained at lr 1e-3 reached a stream of
-    1.4e6 at full resolution, where the residual blocks' O(1) updates are lost
-    (in float32, too), and it stopped learning colour at ~20 dB. A GroupNorm here
-    would do worse: it removes each frame's mean, the flat colour the skip path carries.
+    those gains from growing until the residual blocks' O(1) updates are lost
+    (docs/findings.md). A GroupNorm here would do worse: it removes each frame's
+    mean, the flat colour the skip path carries.
     """
 
     def __init__(self, in_channels: int, out_channels: int, temporal: bool, rms_norm: bool = False):
@@ -405,13 +403,11 @@ class CausalVAE3D(nn.Module):
 
     ``shortcut`` (DC-AE's non-parametric shortcuts, arXiv 2410.10733, taken
     end to end): the encoder adds the input averaged onto the latent grid
-    (:func:`causal_pool`; latent channel ``i`` gets input channel ``i % C``) to
+    (:func:`latent_groups`, channels assigned by :func:`shortcut_membership`) to
     the posterior mean, and the decoder adds the latents spread back
-    (:func:`causal_unpool`; output channel ``c`` averages the latent channels
-    ``i % C == c``) to its output, so the networks learn a residual around a
-    lossless low-pass path. Without it the tiny VAE could not even learn flat
-    colours: 200 steps on random flat 32² frames left it at 10.5 dB (predicting
-    grey), with GroupNorm or ChannelNorm alike.
+    (:func:`frames_from_groups`) to its output, so the networks learn a residual
+    around a lossless low-pass path. Without it the tiny VAE could not even learn
+    flat colours, with GroupNorm or ChannelNorm alike (docs/findings.md).
 
     The diffusion model sees ``encode_latents`` / ``decode_latents``: latents
     normalised per channel by ``(z - latent_shift) * latent_scale``, buffers

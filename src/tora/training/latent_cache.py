@@ -2,9 +2,9 @@
 
 The diffusion stages encode every clip with a frozen VAE (posterior mode: the
 same clip always gives the same latent), and on the tiny world that encode is
-53 % of a stage-1 step's time at 64² (334 -> 157 ms) and ~75 % at 128². A clip is identified by its
-sample key and the start of its frame window, so clips cut from longer videos at
-random starts are cached per window.
+most of a stage-1 step (docs/results.md, training-step benchmark). A clip is
+identified by its sample key and the start of its frame window, so clips cut from
+longer videos at random starts are cached per window.
 """
 
 from __future__ import annotations
