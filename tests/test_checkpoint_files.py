@@ -129,8 +129,11 @@ def test_resume_from_truncated_last_falls_back_with_a_warning(
 def test_resume_names_every_unreadable_file(tmp_path):
     for name in ("last.ckpt", "step_000002.ckpt"):
         (tmp_path / name).write_bytes(b"not a checkpoint")
-    with pytest.raises(FileNotFoundError, match=r"last\.ckpt does not read .*step_000002\.ckpt"):
+    # Reads, but an export: weights without the optimizer state a resume needs.
+    torch.save({"state_dict": {}}, tmp_path / "video_vae.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"last\.ckpt does not read") as error:
         resume_checkpoint(str(tmp_path / "last.ckpt"), trainer=None)
+    assert "'step_000002.ckpt'" in str(error.value) and "'video_vae.ckpt'" in str(error.value)
     with pytest.raises(FileNotFoundError, match="missing.ckpt: no such checkpoint"):
         resume_checkpoint(str(tmp_path / "missing.ckpt"), trainer=None)
 

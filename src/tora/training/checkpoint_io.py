@@ -48,13 +48,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def read_error(path: Path) -> str | None:
-    """Why the file ``path`` cannot be resumed from (truncated, not a checkpoint), or None."""
+def read_error(path: Path, training_state: bool = False) -> str | None:
+    """Why the file ``path`` cannot be resumed from (truncated, not a checkpoint, and
+    with ``training_state`` an export without optimizer state), or None."""
     try:
         # The resume loads with weights_only too; mmap leaves the tensors on disk.
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    if training_state and "optimizer_states" not in checkpoint:
+        return "weights only, no optimizer state"
     return None
 
 
@@ -63,9 +66,9 @@ def resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
 
     ``last`` names ``last.ckpt`` in the ModelCheckpoint folder (none there: a fresh
     start, as Lightning does). A file that exists but does not read is replaced by
-    the newest readable ``*.ckpt`` in its folder, with a warning naming both; a
-    missing file, or none readable, is an error. Lightning's other special values
-    (``hpc``, ``best``) pass through.
+    the newest readable training checkpoint (not an export) among the ``*.ckpt`` in
+    its folder, with a warning naming both; a missing file, or none readable, is an
+    error. Lightning's other special values (``hpc``, ``best``) pass through.
     """
     if ckpt_path is None or ckpt_path in ("hpc", "best"):
         return ckpt_path
@@ -95,7 +98,7 @@ def resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
         reverse=True,
     )
     for other in others:
-        if read_error(other) is None:
+        if read_error(other, training_state=True) is None:
             log.warning(
                 "checkpoint %s does not read (%s); resuming from %s, the newest readable "
                 "checkpoint in %s",
@@ -107,5 +110,5 @@ def resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
             return str(other)
     raise FileNotFoundError(
         f"ckpt_path={ckpt_path}: {path} does not read ({error}) and no other readable "
-        f"*.ckpt in {path.parent} (tried {[p.name for p in others]})"
+        f"training checkpoint in {path.parent} (tried {[p.name for p in others]})"
     )
