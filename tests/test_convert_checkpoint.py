@@ -11,15 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hydra
 import pytest
 import torch
 from conftest import compose_train
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tora.convert_checkpoint import apply_tora_modules, convert_checkpoint, main
-from tora.training.checkpoints import read_state_dict
+from tora.checkpoints import (
+    WeightsMismatchError,
+    convert_checkpoint,
+    load_weights_from,
+    read_state_dict,
+)
+from tora.convert_checkpoint import main
+from tora.train import instantiate_module
 
 NO_PREREQUISITES = [
     "model.vae_checkpoint=null",
@@ -55,7 +60,7 @@ def modules(tmp_path_factory) -> tuple[torch.nn.Module, torch.nn.Module]:
     cfg = compose_train(
         ["experiment=stage1_flow", *NO_PREREQUISITES], tmp_path_factory.mktemp("run")
     )
-    base = hydra.utils.instantiate(cfg.model, _recursive_=False).eval()
+    base = instantiate_module(cfg.model).eval()
     trained = copy.deepcopy(base)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -90,9 +95,11 @@ def denoise(module) -> torch.Tensor:
     latents = (2, module.vae.latent_channels, 5, 8, 8)
     x = torch.randn(latents, generator=generator)
     motion = torch.randn(latents, generator=generator)
-    y, mask = module.encode_text(["a red circle moves right", "a blue square"])
+    text = module.encode_text(["a red circle moves right", "a blue square"])
     with torch.no_grad():
-        return module.model(x, torch.tensor([300.0, 700.0]), y, mask=mask, motion_latents=motion)
+        return module.model(
+            x, torch.tensor([300.0, 700.0]), text.y, mask=text.mask, motion_latents=motion
+        )
 
 
 def test_full_file_holds_every_tensor_of_the_module(modules, tmp_path):
@@ -160,22 +167,25 @@ def test_applying_tora_modules_over_the_base_reproduces_the_trained_network(modu
 
     fresh = copy.deepcopy(base)
     assert not torch.allclose(denoise(fresh), denoise(trained))
-    loaded = apply_tora_modules(fresh, tmp_path / "tora.safetensors")
+    loaded = load_weights_from(fresh, tmp_path / "tora.safetensors", partial=True)
     assert loaded and all(key.startswith(TORA_PREFIXES) for key in loaded)
     assert torch.equal(denoise(fresh), denoise(trained))
 
 
-def test_apply_tora_modules_names_unknown_keys_and_shape_mismatches(modules, tmp_path):
+def test_a_tora_modules_file_with_unknown_keys_or_wrong_shapes_is_refused(modules, tmp_path):
     base, _ = modules
     fuser_key = next(k for k in base.state_dict() if k.startswith("model.motion_guidance.fusers."))
     save_file(
         {"model.motion_guidance.no_such.weight": torch.zeros(2)}, tmp_path / "unknown.safetensors"
     )
-    with pytest.raises(KeyError, match=r"do not exist in VideoDiffusionModule.*no_such\.weight"):
-        apply_tora_modules(copy.deepcopy(base), tmp_path / "unknown.safetensors")
+    with pytest.raises(
+        WeightsMismatchError,
+        match=r"unknown\.safetensors does not match VideoDiffusionModule: 1 unexpected .*no_such\.weight",
+    ):
+        load_weights_from(copy.deepcopy(base), tmp_path / "unknown.safetensors", partial=True)
     save_file({fuser_key: torch.zeros(3, 5, 7)}, tmp_path / "shape.safetensors")
-    with pytest.raises(ValueError, match=rf"{fuser_key}: file \(3, 5, 7\), module"):
-        apply_tora_modules(copy.deepcopy(base), tmp_path / "shape.safetensors")
+    with pytest.raises(WeightsMismatchError, match=rf"{fuser_key}: file \(3, 5, 7\), module"):
+        load_weights_from(copy.deepcopy(base), tmp_path / "shape.safetensors", partial=True)
 
 
 def test_shared_and_strided_tensors_are_stored_separately(tmp_path):

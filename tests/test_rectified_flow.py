@@ -1,9 +1,9 @@
-"""Rectified flow: noising, targets, timestep sampling and shift, loss, Euler sampling, CFG."""
+"""Rectified flow: noising, targets, timestep sampling and shift, loss, the Euler step."""
 
 import pytest
 import torch
 
-from tora.diffusion import RectifiedFlow, duplicate_for_cfg, shift_timesteps
+from tora.diffusion import RectifiedFlow, shift_timesteps
 
 SHAPE = (2, 4, 3, 4, 4)  # [B, C, T, H, W] latents
 
@@ -128,166 +128,27 @@ def test_training_frame_mask_keeps_given_frames_clean_and_out_of_the_loss():
     assert not torch.allclose(seen["x"][~given], x0[~given])
 
 
+def euler(flow: RectifiedFlow, model_fn, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """The sampling ODE integrated with the scheduler's timesteps and ``step`` alone."""
+    x = noise
+    times = flow.sampling_timesteps(noise.shape, steps)
+    for t_now, t_next in zip(times[:-1], times[1:]):
+        x = flow.step(x, model_fn(x, torch.full((x.shape[0],), t_now)), t_now, t_next)
+    return x
+
+
 @pytest.mark.parametrize("use_timestep_transform", [False, True])
-def test_euler_sampling_recovers_x0_of_a_straight_path(use_timestep_transform):
+def test_euler_steps_recover_x0_of_a_straight_path(use_timestep_transform):
     flow = RectifiedFlow(use_timestep_transform=use_timestep_transform)
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.ones(2, 5, dtype=torch.long))
-    one_step = flow.sample(exact_velocity_model(x0), noise, text, text, steps=1, progress=False)
-    torch.testing.assert_close(one_step, x0)
-    many_steps = flow.sample(exact_velocity_model(x0), noise, text, text, steps=7, progress=False)
+    torch.testing.assert_close(euler(flow, exact_velocity_model(x0), noise, 1), x0)
+    many_steps = euler(flow, exact_velocity_model(x0), noise, 7)
     torch.testing.assert_close(many_steps, x0, atol=1e-4, rtol=1e-4)
 
 
-def test_euler_sampling_with_opensora_sign():
+def test_euler_steps_with_opensora_sign():
     flow = RectifiedFlow(prediction="data_minus_noise")
     x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=None)
     model = exact_velocity_model(x0)
-    sample = flow.sample(
-        lambda x, t, **kw: -model(x, t), noise, text, text, steps=3, progress=False
-    )
+    sample = euler(flow, lambda x, t: -model(x, t), noise, 3)
     torch.testing.assert_close(sample, x0, atol=1e-4, rtol=1e-4)
-
-
-def text_dependent_model(seen: list | None = None):
-    """Velocity = x + mean of y per sample: linear in the text, so CFG is checkable by hand."""
-
-    def model_fn(x, timestep, y, mask, **extra):
-        if seen is not None:
-            seen.append(dict(x=x, timestep=timestep, y=y, mask=mask, **extra))
-        return x + y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1, 1)
-
-    return model_fn
-
-
-def test_cfg_scale_one_equals_conditional_only():
-    flow = RectifiedFlow()
-    noise = torch.randn(SHAPE)
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.ones(2, 5, dtype=torch.long))
-    null = dict(y=torch.randn(2, 1, 5, 8))  # no mask: the text mask is reused
-    guided = flow.sample(
-        text_dependent_model(), noise, text, null, guidance_scale=1.0, steps=4, progress=False
-    )
-    conditional = flow.sample(
-        text_dependent_model(), noise, text, text, guidance_scale=7.0, steps=4, progress=False
-    )
-    torch.testing.assert_close(guided, conditional)
-
-
-def test_cfg_extrapolates_from_null_to_text_in_one_step():
-    flow = RectifiedFlow()
-    noise = torch.randn(SHAPE)
-    text = dict(y=torch.full((2, 1, 5, 8), 1.0), mask=None)
-    null = dict(y=torch.full((2, 1, 5, 8), -1.0), mask=None)
-    sample = flow.sample(
-        text_dependent_model(), noise, text, null, guidance_scale=3.0, steps=1, progress=False
-    )
-    v = (noise - 1.0) + 3.0 * 2.0  # v_null + s * (v_text - v_null)
-    torch.testing.assert_close(sample, noise - v)
-
-
-def test_extra_conditions_go_to_both_branches_and_text_is_doubled():
-    flow = RectifiedFlow()
-    noise = torch.randn(SHAPE)
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
-    null = dict(y=torch.randn(2, 1, 5, 8), mask=None)
-    motion = torch.randn(2, 4, 3, 4, 4)
-    features = [torch.randn(2, 16, 3, 2, 2), torch.randn(2, 16, 3, 2, 2)]
-    seen = []
-    flow.sample(
-        text_dependent_model(seen),
-        noise,
-        text,
-        null,
-        steps=2,
-        extra={"motion": motion, "features": features, "fps": torch.tensor(8.0)},
-        progress=False,
-    )
-    assert len(seen) == 2
-    call = seen[0]
-    assert torch.equal(call["motion"], torch.cat([motion, motion]))
-    for got, feature in zip(call["features"], features):
-        assert torch.equal(got, torch.cat([feature, feature]))
-    assert call["fps"].ndim == 0
-    assert torch.equal(call["y"], torch.cat([text["y"], null["y"]]))
-    assert torch.equal(call["mask"], torch.cat([text["mask"], text["mask"]]))
-    assert torch.equal(call["x"][:2], call["x"][2:])
-    torch.testing.assert_close(call["timestep"], torch.ones(4))
-
-
-def test_null_text_mask_is_used_when_given():
-    flow = RectifiedFlow()
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]))
-    null = dict(y=torch.randn(2, 1, 5, 8), mask=torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]]))
-    seen = []
-    flow.sample(text_dependent_model(seen), torch.randn(SHAPE), text, null, steps=1, progress=False)
-    assert torch.equal(seen[0]["mask"], torch.cat([text["mask"], null["mask"]]))
-
-
-def test_sampling_holds_given_frames():
-    flow = RectifiedFlow()
-    noise, x_given = torch.randn(SHAPE), torch.randn(SHAPE)
-    frame_mask = torch.tensor([[False, True, True], [False, False, True]])
-    text = dict(y=torch.randn(2, 1, 5, 8), mask=None)
-    seen = []
-    sample = flow.sample(
-        text_dependent_model(seen),
-        noise,
-        text,
-        text,
-        steps=3,
-        frame_mask=frame_mask,
-        x_given=x_given,
-        progress=False,
-    )
-    given = ~frame_mask[:, None, :, None, None].expand(SHAPE)
-    assert torch.equal(sample[given], x_given[given])
-    assert not torch.allclose(sample[~given], x_given[~given])
-    assert torch.equal(seen[0]["x_mask"], torch.cat([frame_mask, frame_mask]))
-    with pytest.raises(ValueError, match="x_given"):
-        flow.sample(
-            text_dependent_model(), noise, text, text, frame_mask=frame_mask, progress=False
-        )
-
-
-def test_duplicate_for_cfg_keeps_structure():
-    value = {"a": torch.ones(2, 3), "b": (torch.zeros(1),), "c": 5}
-    doubled = duplicate_for_cfg(value)
-    assert doubled["a"].shape == (4, 3) and doubled["b"][0].shape == (2,) and doubled["c"] == 5
-
-
-def test_null_extra_puts_motion_under_guidance():
-    """With ``null_extra`` the unconditional branch runs without the motion input:
-    v = v_null(no motion) + s * (v_text(motion) - v_null(no motion))."""
-    flow = RectifiedFlow()
-    noise = torch.randn(SHAPE)
-    text = dict(y=torch.full((2, 1, 5, 8), 1.0), mask=None)
-    null = dict(y=torch.full((2, 1, 5, 8), -1.0), mask=None)
-
-    def model_fn(x, t, y, mask=None, motion=None):
-        per_sample_text = y.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
-        return x + per_sample_text + (0.0 if motion is None else motion)
-
-    def one_step(**kwargs):
-        return flow.sample(
-            model_fn,
-            noise,
-            text,
-            null,
-            guidance_scale=3.0,
-            steps=1,
-            progress=False,
-            extra={"motion": torch.full(SHAPE, 0.5)},
-            **kwargs,
-        )
-
-    both = one_step()
-    guided = one_step(null_extra={})
-    torch.testing.assert_close(both, noise - ((noise + 0.5 - 1.0) + 3.0 * 2.0))
-    torch.testing.assert_close(guided, noise - ((noise - 1.0) + 3.0 * (2.0 + 0.5)))
-    # Two scales: v_null + 3 * (v_text_only - v_null) + 5 * (v_text - v_text_only).
-    separate = one_step(null_extra={}, motion_guidance_scale=5.0)
-    torch.testing.assert_close(separate, noise - ((noise - 1.0) + 3.0 * 2.0 + 5.0 * 0.5))
-    with pytest.raises(ValueError, match="motion_guidance_scale needs null_extra"):
-        one_step(motion_guidance_scale=5.0)

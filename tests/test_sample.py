@@ -3,6 +3,7 @@ checkpoint formats it loads, image-to-video and the errors it gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from tora.convert_checkpoint import convert_checkpoint
+from tora.checkpoints import convert_checkpoint
 from tora.data.schema import decode_video
+from tora.inference import GenerationConfig, GenerationRequest, ToraPipeline
 from tora.motion import load_tracks
-from tora.pipeline import GenerationRequest, ToraPipeline, load_module
 
 REPO = Path(__file__).resolve().parents[1]
 TRACKS = [REPO / "examples/tracks/left_to_right.txt", REPO / "examples/tracks/arc.txt"]
@@ -87,14 +88,15 @@ def test_tracks_outside_the_frame_are_rejected(chain):
     tracks[0, 5, 0] = 70.0
     with pytest.raises(ValueError, match="leave the 64x64 frame"):
         pipeline.generate(
-            [GenerationRequest("a circle", tracks)], 17, 64, 64, steps=1, progress=False
+            [GenerationRequest("a circle", tracks)], 17, 64, 64, GenerationConfig(steps=1)
         )
 
 
 def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain):
     tracks = load_tracks([str(t) for t in TRACKS], 64, 64, 17)
     request = [GenerationRequest("a red circle moves right", tracks)]
-    kwargs = dict(num_frames=17, height=64, width=64, steps=2, seed=3, progress=False)
+    kwargs = dict(num_frames=17, height=64, width=64, config=GenerationConfig(steps=2, seed=3))
+    kwargs["progress"] = False
     reference = ToraPipeline.from_checkpoint(chain / "stage2_traj.ckpt").generate(request, **kwargs)
 
     full = tmp_path / "full.safetensors"
@@ -110,17 +112,17 @@ def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain
 
 
 def test_image_to_video_keeps_the_given_first_frame(chain):
-    module = load_module(chain / "stage2_traj.ckpt")
-    pipeline = ToraPipeline(module)
+    pipeline = ToraPipeline.from_checkpoint(chain / "stage2_traj.ckpt")
+    vae = pipeline.components.vae
     image = cv2.resize(
         np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64)
     )
     video = pipeline.generate(
-        [GenerationRequest("a red circle", None, image=image)], 17, 64, 64, steps=2, progress=False
+        [GenerationRequest("a red circle", None, image=image)], 17, 64, 64, GenerationConfig(steps=2)
     )
     with torch.no_grad():
         first = torch.from_numpy(image).permute(2, 0, 1).float()[None, :, None] / 127.5 - 1
-        expected = module.vae.decode_latents(module.vae.encode_latents(first))[0, :, 0]
+        expected = vae.decode_latents(vae.encode_latents(first))[0, :, 0]
     expected = ((expected.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
     assert np.abs(video[0, 0].astype(float) - expected).max() <= 1.0
 
@@ -131,9 +133,13 @@ def test_motion_guidance_scale_equal_to_cfg_is_joint_guidance(chain):
     pipeline = ToraPipeline.from_checkpoint(chain / "stage2_traj.ckpt")
     tracks = load_tracks([str(t) for t in TRACKS], 64, 64, 17)
     request = [GenerationRequest("a red circle moves right", tracks)]
-    kwargs = dict(num_frames=17, height=64, width=64, steps=2, seed=3, progress=False)
-    joint = pipeline.generate(request, cfg_scale=4.0, motion_in_guidance=True, **kwargs)
-    same = pipeline.generate(request, cfg_scale=4.0, motion_guidance_scale=4.0, **kwargs)
-    stronger = pipeline.generate(request, cfg_scale=4.0, motion_guidance_scale=12.0, **kwargs)
+    settings = GenerationConfig(steps=2, seed=3, cfg_scale=4.0, motion_in_guidance=True)
+
+    def generate(**changes):
+        return pipeline.generate(request, 17, 64, 64, dataclasses.replace(settings, **changes))
+
+    joint = generate()
+    same = generate(motion_guidance_scale=4.0)
+    stronger = generate(motion_guidance_scale=12.0)
     assert np.abs(joint.astype(int) - same.astype(int)).max() <= 1
     assert np.abs(joint.astype(int) - stronger.astype(int)).mean() > 1.0

@@ -9,12 +9,11 @@ from tora.models.layers.embeddings import (
     apply_rotary_embedding,
     sincos_2d_position_embedding,
 )
-from tora.models.stdit3 import (
-    StateDictMismatchError,
-    STDiT3,
-    STDiT3Config,
-    load_opensora_state_dict,
-)
+from tora.checkpoints import WeightsMismatchError, load_weights, load_weights_from
+from tora.models.stdit3 import STDiT3, STDiT3Config
+
+# A test-sized STDiT3 (hidden 64, 2 block pairs, patch 2): big enough for every code path.
+TEST_SIZE = dict(hidden_size=64, depth=2, num_heads=4, caption_channels=64, model_max_length=16)
 
 BATCH, FRAMES, LATENT_SIZE, CAPTION_TOKENS = 2, 3, 6, 16
 
@@ -23,7 +22,7 @@ def make_model(seed: int = 0, **overrides) -> STDiT3:
     """Tiny STDiT3 in eval mode whose zero-initialised layers are randomised,
     so every block does something and the tests below are not vacuous."""
     torch.manual_seed(seed)
-    model = STDiT3(STDiT3Config.preset("tiny", **overrides))
+    model = STDiT3(STDiT3Config(**(TEST_SIZE | overrides)))
     with torch.no_grad():
         for block in model.temporal_blocks:
             for layer in (block.attn.proj, block.cross_attn.proj, block.mlp.fc2):
@@ -50,7 +49,7 @@ def make_inputs(seed: int = 1, batch: int = BATCH, frames: int = FRAMES) -> dict
 
 def test_xl_2_matches_opensora_state_dict_layout():
     with torch.device("meta"):
-        model = STDiT3(STDiT3Config.preset("xl_2"))
+        model = STDiT3(STDiT3Config())  # the defaults are XL/2's
     state_dict = model.state_dict()
     assert len(state_dict) == 973
     assert sum(p.numel() for p in model.parameters()) == 1_207_643_972
@@ -99,7 +98,7 @@ def test_defaults_for_optional_inputs():
 
 def test_temporal_blocks_start_as_identity():
     torch.manual_seed(0)
-    model = STDiT3(STDiT3Config.preset("tiny"))
+    model = STDiT3(STDiT3Config(**TEST_SIZE))
     block = model.temporal_blocks[1]
     h = torch.randn(BATCH, FRAMES * 9, 64)
     modulation = torch.randn(BATCH, 1, 6 * 64)
@@ -113,7 +112,7 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path):
     path = tmp_path / "stdit3.safetensors"
     save_file(model.state_dict(), str(path))
     fresh = make_model(seed=123)
-    load_opensora_state_dict(fresh, path)
+    load_weights_from(fresh, path)
     inputs = make_inputs()
     with torch.no_grad():
         torch.testing.assert_close(fresh(**inputs), model(**inputs), rtol=0, atol=0)
@@ -124,7 +123,7 @@ def test_pt_checkpoint_with_wrapper_and_module_prefix(tmp_path):
     path = tmp_path / "ema.pt"
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     fresh = make_model(seed=5)
-    load_opensora_state_dict(fresh, path)
+    load_weights_from(fresh, path)
     torch.testing.assert_close(fresh.state_dict(), model.state_dict())
 
 
@@ -134,12 +133,13 @@ def test_mismatched_checkpoint_names_the_keys():
     del state_dict["temporal_blocks.1.attn.qkv.bias"]
     state_dict["extra.weight"] = torch.zeros(1)
     state_dict["t_block.1.weight"] = torch.zeros(3, 64)
-    with pytest.raises(StateDictMismatchError) as error:
-        load_opensora_state_dict(make_model(), state_dict)
+    with pytest.raises(WeightsMismatchError) as error:
+        load_weights(make_model(), state_dict, "stdit3.safetensors")
     message = str(error.value)
-    assert "temporal_blocks.1.attn.qkv.bias" in message
-    assert "extra.weight" in message
-    assert "t_block.1.weight (checkpoint [3, 64], model [384, 64])" in message
+    assert "stdit3.safetensors does not match STDiT3" in message
+    assert "1 missing ['temporal_blocks.1.attn.qkv.bias']" in message
+    assert "1 unexpected ['extra.weight']" in message
+    assert "t_block.1.weight: file (3, 64), module (384, 64)" in message
 
 
 def test_fuse_is_called_at_every_block_entry():

@@ -11,11 +11,10 @@ import hydra
 import pytest
 import torch
 from conftest import SHORT, compose_train
-from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tora.train import instantiate_module, train
-from tora.training.checkpoints import read_state_dict
+from tora.checkpoints import read_state_dict
 from tora.training.latent_cache import LatentCache
 from tora.training.optim import WarmupCosine
 
@@ -144,7 +143,7 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     # Through the module: batches with keys and frame starts use it.
     batch = {"video": video, "caption": ["x"] * 4, "key": ["a", "b", "a", "c"]}
     batch["frame_start"] = torch.tensor([0, 0, 4, 0])
-    torch.testing.assert_close(module.conditions(batch)[0], first)
+    torch.testing.assert_close(module.step_inputs(batch).x0, first)
     assert cache.hits == 6
 
 
@@ -166,7 +165,8 @@ def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):
             param.add_(0.02 * torch.randn_like(param))
     latents = (2, module.vae.latent_channels, 5, 8, 8)
     x, motion = torch.randn(latents), torch.randn(latents)
-    y, mask = module.encode_text(["a red circle moves right", "a blue square"])
+    text = module.encode_text(["a red circle moves right", "a blue square"])
+    y, mask = text.y, text.mask
     t = torch.tensor([300.0, 700.0])
     module.eval()
     with torch.no_grad():
@@ -306,10 +306,10 @@ def test_stage1_refuses_a_motion_vae_with_another_flow_rgb_scale(tmp_path, chain
         "model.init_checkpoint=null",
         f"model.motion_encoder.checkpoint={chain}/motion_vae.ckpt",
     ]
-    assert build_module(overrides, tmp_path).motion_rgb.max_displacement_ref == 3.0
+    assert build_module(overrides, tmp_path).components.motion_rgb.max_displacement_ref == 3.0
     # ... so a stage on the paper's normalisation must not silently encode with it.
     with pytest.raises(
-        InstantiationException, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"
+        ValueError, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"
     ):
         build_module([*overrides, "model/motion_rgb=default"], tmp_path)
 
@@ -324,13 +324,13 @@ def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
     ]
     assert build_module(overrides, tmp_path).vae.shortcut == "per_frame"
     with pytest.raises(
-        InstantiationException,
+        ValueError,
         match=r"video_vae.ckpt was trained with another architecture "
         r"\(norm: checkpoint 'channel' vs config 'group', shortcut: checkpoint 'per_frame' vs config 'none'\)",
     ):
         build_module([*overrides, "model.vae.norm=group", "model.vae.shortcut=false"], tmp_path)
     with pytest.raises(
-        InstantiationException,
+        ValueError,
         match="backbone.in_channels=4 but the VAE has latent_channels=16",
     ):
         build_module([*overrides, "model.backbone.in_channels=4"], tmp_path)
@@ -338,7 +338,7 @@ def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
 
 def test_vae_architecture_reads_the_older_boolean_shortcut():
     """Checkpoints written before the per-frame shortcut stored shortcut: true/false."""
-    from tora.training.checkpoints import vae_architecture
+    from tora.models.build import vae_architecture
 
     assert vae_architecture({"shortcut": True}) == vae_architecture({"shortcut": "pooled"})
     assert vae_architecture({"shortcut": False})["shortcut"] == "none"

@@ -5,8 +5,18 @@ import io
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
+from tora.models.build import instantiate
 from tora.models.layers.causal_conv import CausalConv3d
 from tora.models.vae import CausalVAE3D, DiagonalGaussian
+from tora.utils.config import CONFIG_DIR
+
+
+def tiny_vae(**overrides) -> CausalVAE3D:
+    """The CPU-sized VAE of ``configs/model/vae/tiny.yaml``, with overrides."""
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / "vae" / "tiny.yaml"))
+    return instantiate("vae", {**config, **overrides}, "model/vae/tiny.yaml")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,7 +32,7 @@ def single_thread():
 @pytest.fixture(scope="module")
 def vae() -> CausalVAE3D:
     torch.manual_seed(0)
-    return CausalVAE3D.tiny().eval()
+    return tiny_vae().eval()
 
 
 def random_video(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -133,7 +143,7 @@ def test_posterior_sampling_and_logvar_clamp():
 @torch.no_grad()
 def test_latent_normalisation_round_trip():
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny(latent_channels=4, shortcut="pooled").eval()
+    vae = tiny_vae(latent_channels=4, shortcut="pooled").eval()
     video = random_video(1, 5, 32)
     mean, std = torch.tensor([0.1, -0.2, 0.3, 0.0]), torch.tensor([2.0, 0.5, 1.0, 4.0])
     vae.set_latent_statistics(mean, std)
@@ -142,7 +152,7 @@ def test_latent_normalisation_round_trip():
     torch.testing.assert_close(normalised, (z - mean.view(1, 4, 1, 1, 1)) / std.view(1, 4, 1, 1, 1))
     torch.testing.assert_close(vae.decode_latents(normalised), vae.decode(z), rtol=0, atol=1e-5)
 
-    restored = CausalVAE3D.tiny(latent_channels=4, shortcut="pooled")
+    restored = tiny_vae(latent_channels=4, shortcut="pooled")
     buffer = io.BytesIO()
     torch.save(vae.state_dict(), buffer)
     buffer.seek(0)
@@ -176,7 +186,7 @@ def test_bad_chunks_and_latents_rejected(vae):
 
 def test_gradient_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny()
+    vae = tiny_vae()
     video = random_video(1, 5, 16)
 
     def gradients() -> torch.Tensor:
@@ -192,7 +202,7 @@ def test_gradient_checkpointing_gives_same_gradients():
 
 def test_overfits_one_clip():
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny()
+    vae = tiny_vae()
     ramp = torch.linspace(-1, 1, 32)
     frames = [
         torch.stack(
@@ -241,7 +251,7 @@ def test_decoder_stream_does_not_compound_upsample_gains():
 
     def top_stream(upsample_norm: bool, gain: float) -> float:
         torch.manual_seed(0)
-        vae = CausalVAE3D.tiny(upsample_norm=upsample_norm).eval()
+        vae = tiny_vae(upsample_norm=upsample_norm).eval()
         captured = {}
         with torch.no_grad():
             for block in vae.decoder.blocks:
@@ -290,9 +300,9 @@ def test_shortcut_membership():
         ValueError,
         match="latent_channels=8 must be a multiple of the time factor 4 and at least 12",
     ):
-        CausalVAE3D.tiny(latent_channels=8)
+        tiny_vae(latent_channels=8)
     with pytest.raises(ValueError, match="shortcut 'frames': one of"):
-        CausalVAE3D.tiny(shortcut="frames")
+        tiny_vae(shortcut="frames")
 
 
 @pytest.mark.parametrize(
@@ -304,7 +314,7 @@ def test_shortcut_passes_flat_colour_without_training(shortcut, latent_channels,
     that is flat per frame group (pooled) or per frame (per_frame) exactly: the
     networks only learn the residual."""
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny(shortcut=shortcut, latent_channels=latent_channels).eval()
+    vae = tiny_vae(shortcut=shortcut, latent_channels=latent_channels).eval()
     with torch.no_grad():
         for conv in (vae.encoder.conv_out, vae.decoder.conv_out):
             conv.weight.zero_()
@@ -316,14 +326,14 @@ def test_shortcut_passes_flat_colour_without_training(shortcut, latent_channels,
             clip = clip_colours.T.reshape(1, 3, 9, 1, 1).expand(1, 3, 9, 16, 16)
             error = vae.decode(vae.encode(clip).mode()).sub(clip).abs().max()
             assert (error < 1e-5) == exact, (clip_colours is per_frame, float(error))
-    plain = CausalVAE3D.tiny(shortcut=False).eval()
+    plain = tiny_vae(shortcut=False).eval()
     assert plain.decode(plain.encode(clip).mode()).sub(clip).abs().mean() > 0.1
 
 
 @pytest.mark.parametrize("norm", ["group", "channel"])
 def test_norms_keep_causality_and_chunking(norm):
     torch.manual_seed(0)
-    vae = CausalVAE3D.tiny(norm=norm).eval()
+    vae = tiny_vae(norm=norm).eval()
     video = random_video(1, 9, 16)
     with torch.no_grad():
         full = vae.encode(video).mode()
@@ -346,4 +356,4 @@ def test_channel_norm_keeps_flat_colour():
     # ... per-position channel statistics keep them apart
     assert (channel(first) - channel(second)).abs().mean() > 0.5
     with pytest.raises(ValueError, match="norm 'batch'"):
-        CausalVAE3D.tiny(norm="batch")
+        tiny_vae(norm="batch")

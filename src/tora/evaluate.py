@@ -6,6 +6,7 @@ baseline (same weights, prompts and seeds, no motion condition), and write
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,18 +23,19 @@ from rich.progress import track
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
+from tora.inference import GenerationConfig, GenerationRequest, ToraPipeline
 from tora.metrics import (
     CoTrackerTracker,
     LucasKanadeTracker,
     MaskCentroidTracker,
     TrajError,
-    as_uint8_frames,
     build_clipsim,
     build_fvd,
 )
 from tora.motion import draw_tracks
-from tora.pipeline import GenerationRequest, ToraPipeline
 from tora.utils.config import CONFIG_PATH
+from tora.utils.device import resolve_device
+from tora.utils.video import as_uint8_frames
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,8 @@ def frame_strip(video: np.ndarray, tracks: torch.Tensor | None, num_frames: int)
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    device = (
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(cfg.device)
+    settings = GenerationConfig.from_mapping(cfg)
     trackers = tracker_names(cfg)  # a bad name fails here, not after the sampling
     pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
     if not pipeline.uses_motion:
@@ -129,14 +130,9 @@ def evaluate(cfg: DictConfig) -> dict:
                 num_frames,
                 height,
                 width,
-                steps=cfg.steps,
-                cfg_scale=cfg.cfg_scale,
-                seed=cfg.seed + start,
-                fps=cfg.fps,
+                dataclasses.replace(settings, seed=settings.seed + start),
                 use_motion=use_motion,
                 progress=False,
-                motion_in_guidance=cfg.get("motion_in_guidance", False),
-                motion_guidance_scale=cfg.get("motion_guidance_scale"),
             )
             seconds[name] += time.perf_counter() - begin
             generated[name].extend(videos)
@@ -292,7 +288,6 @@ def print_metrics(metrics: dict) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
-
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ drawn on it), ``<name>_tracks.json``, and once ``config.yaml`` (what was used).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -13,13 +14,13 @@ from pathlib import Path
 import cv2
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tora.data.schema import encode_video
+from tora.inference import GenerationConfig, GenerationRequest, ToraPipeline
 from tora.motion import draw_tracks, load_tracks, write_tracks_json
-from tora.pipeline import GenerationRequest, ToraPipeline
 from tora.utils.config import CONFIG_PATH
+from tora.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,8 @@ def save_video(path: Path, frames: np.ndarray, fps: float) -> None:
 def sample(cfg: DictConfig) -> list[Path]:
     """Generate every prompt of ``cfg``; returns the written mp4 paths."""
     height, width = cfg.resolution
-    device = (
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    settings = GenerationConfig.from_mapping(cfg)
+    device = resolve_device(cfg.device)
     pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
     tracks = (
         load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
@@ -88,18 +88,8 @@ def sample(cfg: DictConfig) -> list[Path]:
     for start in range(0, len(prompts), cfg.batch_size):
         chunk = prompts[start : start + cfg.batch_size]
         requests = [GenerationRequest(p, tracks, cfg.get("negative_prompt"), image) for p in chunk]
-        videos = pipeline.generate(
-            requests,
-            cfg.num_frames,
-            height,
-            width,
-            steps=cfg.steps,
-            cfg_scale=cfg.cfg_scale,
-            seed=cfg.seed + start,
-            fps=cfg.fps,
-            motion_in_guidance=cfg.motion_in_guidance,
-            motion_guidance_scale=cfg.get("motion_guidance_scale"),
-        )
+        batch_settings = dataclasses.replace(settings, seed=settings.seed + start)
+        videos = pipeline.generate(requests, cfg.num_frames, height, width, batch_settings)
         for offset, (prompt, video) in enumerate(zip(chunk, videos, strict=True)):
             name = slug(prompt, start + offset)
             save_video(out_dir / f"{name}.mp4", video, cfg.fps)
@@ -114,7 +104,6 @@ def sample(cfg: DictConfig) -> list[Path]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
 def main(cfg: DictConfig) -> None:
     sample(cfg)
-
 
 
 if __name__ == "__main__":

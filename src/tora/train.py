@@ -32,6 +32,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model: L.LightningModule = instantiate_module(cfg.model)
+    model.check_clip_size(datamodule.num_frames, datamodule.resolution)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -42,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), trainer)
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException as interrupted:
             raise SystemExit(SIGTERM_EXIT_CODE) from interrupted
     if cfg.get("validate", False):
@@ -57,9 +58,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def instantiate_module(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule of a ``model`` config; sub-configs arrive as plain
-    dicts (they are saved as hyper-parameters and must load with ``weights_only``)."""
-    return hydra.utils.instantiate(cfg, _recursive_=False, _convert_="all")
+    """The LightningModule of a ``model`` config: its ``from_config`` builds the network
+    (``tora.models.build``) and the module around it. Sub-configs arrive as plain
+    containers: they are stored as hyper-parameters and must load with ``weights_only``."""
+    module_class = hydra.utils.get_class(cfg._target_)
+    return module_class.from_config(OmegaConf.to_container(cfg, resolve=True))
 
 
 def resolved(cfg: DictConfig) -> DictConfig:
@@ -91,7 +94,6 @@ def main(cfg: DictConfig) -> None:
     if cfg.extras.get("print_config"):
         print_config(cfg)
     train(cfg)
-
 
 
 if __name__ == "__main__":

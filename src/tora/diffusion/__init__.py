@@ -1,5 +1,5 @@
 """Diffusion maths (schedulers), separate from models and sampling pipelines."""
 
-from tora.diffusion.rectified_flow import RectifiedFlow, duplicate_for_cfg, shift_timesteps
+from tora.diffusion.rectified_flow import RectifiedFlow, shift_timesteps
 
-__all__ = ["RectifiedFlow", "duplicate_for_cfg", "shift_timesteps"]
+__all__ = ["RectifiedFlow", "shift_timesteps"]

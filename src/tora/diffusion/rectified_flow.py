@@ -1,4 +1,4 @@
-"""Rectified flow: training loss, timestep sampling and shift, Euler sampling with CFG.
+"""Rectified flow: training loss, timestep sampling and shift, the Euler step.
 
 Sign convention (used everywhere in this package):
 
@@ -22,10 +22,8 @@ from collections.abc import Callable
 
 import torch
 from einops import reduce
-from rich.progress import track
 
 ModelFn = Callable[..., torch.Tensor]
-TextCondition = dict[str, torch.Tensor | None]
 
 PREDICTIONS = {"noise_minus_data": 1.0, "data_minus_noise": -1.0}
 SAMPLE_METHODS = ("logit-normal", "uniform")
@@ -40,21 +38,6 @@ def shift_timesteps(t: torch.Tensor | float, shift: float) -> torch.Tensor | flo
     return shift * t / (1 + (shift - 1) * t)
 
 
-def duplicate_for_cfg(value):
-    """Repeat every tensor along dim 0 (``[x, x]``), through lists, tuples and dicts.
-
-    The extra conditions (motion latents or features, fps, x_mask, ...) go to
-    both CFG branches unchanged; 0-d tensors and non-tensors pass through.
-    """
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value, value]) if value.ndim > 0 else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(duplicate_for_cfg(item) for item in value)
-    if isinstance(value, dict):
-        return {key: duplicate_for_cfg(item) for key, item in value.items()}
-    return value
-
-
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[B] -> [B, 1, 1, 1, 1]`` to broadcast against ``[B, C, T, H, W]``."""
     return t.reshape(-1, *([1] * (like.ndim - 1)))
@@ -64,8 +47,6 @@ class RectifiedFlow:
     """Rectified-flow scheduler (OpenSora v1.2 ``RFLOW`` semantics, our sign convention).
 
     Args:
-        num_sampling_steps: Euler steps when sampling (30 for OpenSora v1.2).
-        cfg_scale: default classifier-free guidance scale (7.0).
         use_timestep_transform: apply the resolution- and length-dependent shift.
         sample_method: training timesteps, ``"logit-normal"`` (sigmoid of N(0, 1))
             or ``"uniform"``.
@@ -79,8 +60,6 @@ class RectifiedFlow:
 
     def __init__(
         self,
-        num_sampling_steps: int = 30,
-        cfg_scale: float = 7.0,
         use_timestep_transform: bool = True,
         sample_method: str = "logit-normal",
         transform_scale: float = 1.0,
@@ -97,8 +76,6 @@ class RectifiedFlow:
             raise ValueError(
                 f"unknown prediction {prediction!r}; valid options: {', '.join(PREDICTIONS)}"
             )
-        self.num_sampling_steps = num_sampling_steps
-        self.cfg_scale = cfg_scale
         self.use_timestep_transform = use_timestep_transform
         self.sample_method = sample_method
         self.transform_scale = transform_scale
@@ -197,108 +174,9 @@ class RectifiedFlow:
             loss = (error_per_frame * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return {"loss": loss, "t": t}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model_fn: ModelFn,
-        noise: torch.Tensor,
-        text_cond: TextCondition,
-        null_text_cond: TextCondition,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
-        extra: dict | None = None,
-        frame_mask: torch.Tensor | None = None,
-        x_given: torch.Tensor | None = None,
-        progress: bool = True,
-        null_extra: dict | None = None,
-        motion_guidance_scale: float | None = None,
+    def step(
+        self, x: torch.Tensor, velocity: torch.Tensor, t_now: float, t_next: float
     ) -> torch.Tensor:
-        """Euler integration from t = 1 (``noise``) to t = 0 with CFG on the text only
-        (or on text and motion together, with ``null_extra``).
-
-        Every step runs one doubled batch: the first half gets ``text_cond``, the
-        second ``null_text_cond``; everything in ``extra`` (the motion condition
-        included) goes to both halves (``duplicate_for_cfg``), so the model is
-        called as ``model_fn(cat[x, x], cat[t, t], y=cat[y, y_null],
-        mask=cat[mask, mask_null], **duplicate_for_cfg(extra))`` and the velocity
-        is ``v_null + guidance_scale * (v_text - v_null)``.
-
-        Args:
-            noise: ``[B, C, T, H, W]``, the sample at t = 1.
-            text_cond, null_text_cond: ``{"y": [B, 1, L, C], "mask": [B, L] or None}``;
-                a None or missing null mask reuses the text mask (OpenSora's null tokens).
-            guidance_scale, steps: default ``cfg_scale``, ``num_sampling_steps``.
-            extra: further model inputs shared by both branches.
-            null_extra: if given, the unconditional branch gets these inputs instead
-                of ``extra`` (e.g. ``extra`` without the motion condition: guidance
-                then pushes along text and motion together), at the cost of two
-                model calls per step instead of one doubled batch.
-            frame_mask: bool ``[B, T]``, False = frame given by ``x_given``
-                (image-to-video): held at ``x_given`` and passed as ``x_mask``.
-            progress: show a progress bar.
-            motion_guidance_scale: with ``null_extra``, guide text and motion
-                separately (InstructPix2Pix's two scales): a third call gets the text
-                with ``null_extra``, and ``v = v_null + guidance_scale * (v_text_only -
-                v_null) + motion_guidance_scale * (v_text - v_text_only)``.
-
-        Returns:
-            ``[B, C, T, H, W]``, the sample at t = 0.
-        """
-        guidance_scale = self.cfg_scale if guidance_scale is None else guidance_scale
-        steps = steps or self.num_sampling_steps
-        y_in = torch.cat([text_cond["y"], null_text_cond["y"]])
-        mask, mask_null = text_cond.get("mask"), null_text_cond.get("mask")
-        if mask is not None:
-            mask = torch.cat([mask, mask if mask_null is None else mask_null])
-        extra = dict(extra or {})
-        if frame_mask is not None:
-            if x_given is None:
-                raise ValueError(
-                    "RectifiedFlow.sample: frame_mask needs x_given (the given frames)"
-                )
-            extra["x_mask"] = frame_mask
-        if motion_guidance_scale is not None and null_extra is None:
-            raise ValueError(
-                "RectifiedFlow.sample: motion_guidance_scale needs null_extra (the inputs "
-                "without the motion condition)"
-            )
-        if null_extra is not None:
-            null_extra = dict(null_extra)
-            if frame_mask is not None:
-                null_extra["x_mask"] = frame_mask
-            y_text, y_null = y_in.chunk(2)
-            mask_text, mask_null_in = mask.chunk(2) if mask is not None else (None, None)
-        else:
-            extra = duplicate_for_cfg(extra)
-
-        def hold_given_frames(x: torch.Tensor) -> torch.Tensor:
-            if frame_mask is None:
-                return x
-            return torch.where(frame_mask[:, None, :, None, None], x, x_given)
-
-        x = hold_given_frames(noise)
-        times = self.sampling_timesteps(noise.shape, steps)
-        for t_now, t_next in track(
-            list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
-        ):
-            if null_extra is None:
-                timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
-                output = model_fn(torch.cat([x, x]), timestep, y=y_in, mask=mask, **extra)
-                v_text, v_null = output[:, : x.shape[1]].chunk(2)
-            else:
-                timestep = torch.full((x.shape[0],), t_now, device=x.device)
-                v_text = model_fn(x, timestep, y=y_text, mask=mask_text, **extra)
-                v_null = model_fn(x, timestep, y=y_null, mask=mask_null_in, **null_extra)
-                v_text, v_null = v_text[:, : x.shape[1]], v_null[:, : x.shape[1]]
-            if motion_guidance_scale is None:
-                v = v_null + guidance_scale * (v_text - v_null)
-            else:
-                v_text_only = model_fn(x, timestep, y=y_text, mask=mask_text, **null_extra)
-                v_text_only = v_text_only[:, : x.shape[1]]
-                v = (
-                    v_null
-                    + guidance_scale * (v_text_only - v_null)
-                    + motion_guidance_scale * (v_text - v_text_only)
-                )
-            x = hold_given_frames(x - (t_now - t_next) * self.velocity_sign * v)
-        return x
+        """One Euler step of the sampling ODE from ``t_now`` down to ``t_next``, given the
+        model's (guided) velocity prediction."""
+        return x - (t_now - t_next) * self.velocity_sign * velocity

@@ -4,7 +4,7 @@ The feature models (I3D, CLIP, CoTracker) are read from local paths; a metric
 whose model is not configured is a ``MetricUnavailable`` that says why.
 """
 
-from tora.metrics.base import MetricUnavailable, as_uint8_frames, as_video_batch
+from tora.metrics.base import MetricUnavailable, as_video_batch
 from tora.metrics.clipsim import CLIPSimilarity, build_clipsim
 from tora.metrics.fvd import (
     FeatureStatistics,
@@ -36,7 +36,6 @@ __all__ = [
     "Tracker",
     "TrajError",
     "TrajErrorResult",
-    "as_uint8_frames",
     "as_video_batch",
     "build_clipsim",
     "build_fvd",

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tora.metrics.base import MetricUnavailable, VideoLike, as_uint8_frames
+from tora.metrics.base import MetricUnavailable, VideoLike
+from tora.utils.video import as_uint8_frames
 
 
 class CLIPSimilarity:
@@ -64,7 +66,7 @@ class CLIPSimilarity:
         return F.normalize(output.pooler_output.float(), dim=-1)[0]
 
     @torch.no_grad()
-    def _image_embeddings(self, frames: Sequence) -> torch.Tensor:
+    def _image_embeddings(self, frames: np.ndarray) -> torch.Tensor:
         pixel_values = self.image_processor(
             images=list(frames), input_data_format="channels_last", return_tensors="pt"
         )["pixel_values"]

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 import torch
 
-from tora.metrics.base import VideoLike, as_uint8_frames
+from tora.metrics.base import VideoLike
+from tora.utils.video import as_uint8_frames
 
 
 class Tracker:
@@ -97,7 +98,7 @@ class LucasKanadeTracker(Tracker):
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
         for t in range(1, num_frames):
             previous = tracks[:, t - 1].astype(np.float32).reshape(-1, 1, 2)
-            moved, status, _ = cv2.calcOpticalFlowPyrLK(
+            moved, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]  # stubs lack nextPts=None
                 video[t - 1],
                 video[t],
                 previous,
@@ -325,8 +326,9 @@ def trajectory_error(
         should_count &= valid
     counted = should_count & np.isfinite(recovered).all(axis=-1)
 
-    reference_size = tuple(reference_size or video_size)
-    scale = np.array(reference_size, dtype=np.float64) / np.array(video_size, dtype=np.float64)
+    width, height = reference_size or video_size
+    reference = (int(width), int(height))
+    scale = np.array(reference, dtype=np.float64) / np.array(video_size, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         distance = np.linalg.norm((recovered - requested) * scale, axis=-1)  # [N, T]
     return TrajErrorResult(
@@ -334,7 +336,7 @@ def trajectory_error(
         per_track=_masked_mean(distance, counted, axis=1),
         per_frame=_masked_mean(distance, counted, axis=0),
         coverage=float(counted.sum() / max(should_count.sum(), 1)),
-        reference_size=reference_size,
+        reference_size=reference,
     )
 
 

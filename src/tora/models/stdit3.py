@@ -11,14 +11,13 @@ the caption, modulated MLP. One timestep(+fps) embedding feeds ``t_block``
 (PixArt-alpha's adaLN-single, arXiv 2310.00426).
 
 Module and parameter names are OpenSora's, so ``hpcai-tech/OpenSora-STDiT-v3``
-loads strictly (``load_opensora_state_dict``); XL/2 has 973 state-dict entries
+loads strictly (``tora.checkpoints.load_weights_from``); XL/2 has 973 state-dict entries
 and 1,207,643,972 parameters. Attention runs on torch SDPA.
 """
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -26,6 +25,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tora.models.layers.activations import TanhGELU
 from tora.models.layers.attention import CrossAttention, SelfAttention
 from tora.models.layers.embeddings import (
     CaptionEmbedder,
@@ -34,7 +34,6 @@ from tora.models.layers.embeddings import (
     ScalarEmbedder,
     sincos_2d_position_embedding,
 )
-from tora.utils.state_dict import read_state_dict
 
 FuseFn = Callable[[torch.Tensor, str, int, int, int, int], torch.Tensor]
 """``fuse(h [B, T*S, C], kind "spatial"|"temporal", index, T, H, W) -> h``, called on the
@@ -77,26 +76,6 @@ class STDiT3Config:
         if self.input_size is not None:
             self.input_size = tuple(int(s) for s in self.input_size)
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "STDiT3Config":
-        """A named size from ``STDIT3_PRESETS`` ("xl_2", "small", "tiny"), with overrides."""
-        if name not in STDIT3_PRESETS:
-            raise ValueError(
-                f"unknown STDiT3 preset {name!r}; expected one of {sorted(STDIT3_PRESETS)}"
-            )
-        return replace(STDIT3_PRESETS[name], **overrides)
-
-
-STDIT3_PRESETS: dict[str, STDiT3Config] = {
-    "xl_2": STDiT3Config(),
-    "small": STDiT3Config(
-        hidden_size=192, depth=4, num_heads=6, caption_channels=256, model_max_length=32
-    ),
-    "tiny": STDiT3Config(
-        hidden_size=64, depth=2, num_heads=4, caption_channels=64, model_max_length=16
-    ),
-}
-
 
 def _per_frame(noised: torch.Tensor, given: torch.Tensor | None, x_mask: torch.Tensor | None):
     """Pick per frame between the embedding of the noised timestep and of timestep 0.
@@ -106,11 +85,9 @@ def _per_frame(noised: torch.Tensor, given: torch.Tensor | None, x_mask: torch.T
     """
     if x_mask is None:
         return noised[:, None]
+    if given is None:
+        raise ValueError("x_mask given without the timestep-0 embedding of the given frames")
     return torch.where(x_mask[:, :, None], noised[:, None], given[:, None])
-
-
-def _tanh_gelu() -> nn.Module:
-    return nn.GELU(approximate="tanh")
 
 
 class STDiT3Block(nn.Module):
@@ -137,7 +114,7 @@ class STDiT3Block(nn.Module):
         self.attn = SelfAttention(hidden_size, num_heads, qk_norm=qk_norm)
         self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=_tanh_gelu, drop=0.0)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=TanhGELU, drop=0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
@@ -404,48 +381,3 @@ def _per_sample(value, batch_size: int, device: torch.device, name: str) -> torc
             f"{name}: expected a scalar or shape [{batch_size}], got {list(value.shape)}"
         )
     return value
-
-
-class StateDictMismatchError(RuntimeError):
-    """A checkpoint's keys or shapes do not match the model."""
-
-
-def _list_keys(title: str, keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit]) + (
-        f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    )
-    return f"{len(keys)} {title}: {shown}"
-
-
-def load_opensora_state_dict(
-    model: nn.Module,
-    source: str | Path | Mapping[str, torch.Tensor],
-    strict: bool = True,
-):
-    """Load an OpenSora v1.2 checkpoint (path or state dict) into ``model``.
-
-    Raises ``StateDictMismatchError`` listing the missing and unexpected keys
-    (first 20 of each; only when ``strict``) and every shape mismatch (always).
-    Returns ``model.load_state_dict``'s result (missing / unexpected keys).
-    """
-    name = "state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
-    state_dict = (
-        dict(source) if isinstance(source, Mapping) else read_state_dict(source, weights_only=True)
-    )
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key} (checkpoint {list(state_dict[key].shape)}, model {list(value.shape)})"
-        for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    problems = [_list_keys("shape mismatches", mismatched)] if mismatched else []
-    if strict:
-        problems += [_list_keys("missing keys", missing)] if missing else []
-        problems += [_list_keys("unexpected keys", unexpected)] if unexpected else []
-    if problems:
-        raise StateDictMismatchError(
-            f"{name} does not fit {type(model).__name__}: " + "; ".join(problems)
-        )
-    return model.load_state_dict(state_dict, strict=strict)

@@ -13,6 +13,8 @@ carrying each conv's last input frames in a ``TimeCache``, and give the same
 result as the whole clip at once.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -414,6 +416,9 @@ class CausalVAE3D(nn.Module):
     filled from data by ``set_latent_statistics`` (identity by default).
     """
 
+    latent_shift: torch.Tensor
+    latent_scale: torch.Tensor
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -451,7 +456,7 @@ class CausalVAE3D(nn.Module):
             self.register_buffer("shortcut_encode", encode_map, persistent=False)
             decode_map = membership / membership.sum(dim=0)
             self.register_buffer("shortcut_decode", decode_map, persistent=False)
-        architecture = dict(
+        architecture: dict[str, Any] = dict(
             latent_channels=latent_channels,
             level_channels=[base_channels * m for m in channel_multipliers],
             num_res_blocks=num_res_blocks,
@@ -464,22 +469,6 @@ class CausalVAE3D(nn.Module):
         self.decoder = Decoder(in_channels, **architecture, upsample_norm=upsample_norm)
         self.register_buffer("latent_shift", torch.zeros(latent_channels))
         self.register_buffer("latent_scale", torch.ones(latent_channels))
-
-    @classmethod
-    def tiny(cls, **overrides) -> "CausalVAE3D":
-        """CPU-sized preset (2.3 M parameters) with the full 8x / 4x compression
-        (``configs/model/vae/tiny.yaml``)."""
-        config = dict(
-            latent_channels=16,
-            base_channels=16,
-            channel_multipliers=(1, 2, 4, 4),
-            num_res_blocks=1,
-            norm_groups=8,
-            upsample_norm=True,
-            norm="channel",
-            shortcut="per_frame",
-        )
-        return cls(**(config | overrides))
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """``(T', h, w)`` of the latents of a ``num_frames x height x width`` clip."""

@@ -6,6 +6,7 @@ from tora.motion.flow_rgb import (
     flow_to_rgb,
     middlebury_colorwheel,
     motion_maps_to_rgb,
+    tracks_to_motion_rgb,
 )
 from tora.motion.maps import (
     flow_to_displacement_map,
@@ -46,5 +47,6 @@ __all__ = [
     "sample_tracks_from_flow",
     "track_colors",
     "tracks_to_displacement_map",
+    "tracks_to_motion_rgb",
     "write_tracks_json",
 ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from tora.motion.maps import gaussian_smooth
+from tora.motion.maps import gaussian_smooth, tracks_to_displacement_map
 
 MIDDLEBURY_SEGMENTS = (
     (15, 0, 1, +1),  # red -> yellow
@@ -138,3 +138,16 @@ def motion_maps_to_rgb(
     if smooth:
         maps = gaussian_smooth(maps, kernel_size, sigma)
     return rearrange(flow_to_rgb(maps, max_displacement), "b t c h w -> b c t h w")
+
+
+def tracks_to_motion_rgb(
+    tracks: torch.Tensor,
+    track_mask: torch.Tensor | None,
+    height: int,
+    width: int,
+    rgb: MotionRGBConfig,
+) -> torch.Tensor:
+    """Sparse tracks ``[B, N, T, 2]`` -> smoothed flow-RGB ``[B, 3, T, H, W]``: the one path
+    from tracks to the motion condition, in training and at inference."""
+    maps = tracks_to_displacement_map(tracks, height, width, track_mask=track_mask)
+    return motion_maps_to_rgb(maps, rgb, smooth=True)

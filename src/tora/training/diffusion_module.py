@@ -1,169 +1,140 @@
-"""One LightningModule for every diffusion stage.
+"""One LightningModule for every diffusion stage; it receives the built components
+(``tora.models.build``) and holds the step, the logging and the optimiser.
 
-- ``experiment=base_t2v``: text-to-video STDiT3 without motion (``motion: null``),
+- ``experiment=base_t2v``: text-to-video STDiT3 without motion (``use_motion: false``),
   everything trainable — the stand-in for pretrained OpenSora.
 - ``experiment=stage1_flow`` / ``stage2_traj``: Tora. Frozen VAEs, text encoder and
-  (part of) the base; trainable set in config; what differs between the stages
-  is config only (motion source dense/sparse, init checkpoint, lr).
+  (part of) the base; what differs between the stages is config only (motion source
+  dense/sparse, init checkpoint, trainable set, lr).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import grad_norm
-from omegaconf import DictConfig, OmegaConf
 
-from tora.diffusion import RectifiedFlow
-from tora.metrics.base import as_uint8_frames
-from tora.models.fusers import MotionGuidance
-from tora.models.motion_encoders import build_motion_encoder
-from tora.models.stdit3 import STDiT3, STDiT3Config, load_opensora_state_dict
-from tora.models.tora import Tora
-from tora.models.vae import CausalVAE3D
-from tora.motion import MotionRGBConfig, draw_tracks
-from tora.training.checkpoints import (
-    load_vae_weights,
-    read_state_dict,
-    select_prefix,
-    stored_hyper_parameter,
-)
+from tora.checkpoints import load_weights, read_state_dict
+from tora.inference import Conditioning, GenerationConfig, TextCondition, ToraPipeline
+from tora.models.build import COMPONENT_KEYS, ToraComponents, build_tora, component_config
+from tora.motion import draw_tracks
 from tora.training.latent_cache import LatentCache
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
 from tora.training.optim import build_optimizers
+from tora.utils.video import as_uint8_frames
 
 log = logging.getLogger(__name__)
 
 TRAINABLE_SETS = ("full", "temporal", "tora_modules")
 TIMESTEP_BUCKETS = 4
 VALIDATION_TIMESTEPS = (0.25, 0.5, 0.75)
-VAE_ENCODERS = ("motion_vae", "video_vae")
 
 
-def to_container(cfg: DictConfig | dict | None) -> dict:
-    if cfg is None:
-        return {}
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
+@dataclass
+class ValidationConfig:
+    """Validation sampling (``model.validation``): ``num_clips`` clips of the first batch
+    sampled in ``sample_steps`` steps at CFG ``cfg_scale`` (motion in both branches) from
+    noise seeded by ``seed``; flow-RGB inputs of a training batch every
+    ``image_every_n_steps`` steps."""
+
+    sample_steps: int
+    cfg_scale: float
+    num_clips: int
+    seed: int
+    image_every_n_steps: int
 
 
-def build_vae(cfg: dict, checkpoint: str | None) -> CausalVAE3D:
-    vae = CausalVAE3D(**cfg)
-    if checkpoint:
-        load_vae_weights(vae, cfg, checkpoint)
-    return vae.requires_grad_(False).eval()
+@dataclass
+class StepInputs:
+    """What a training or validation step feeds the model: video latents ``x0``, the
+    caption, further model inputs ``extra`` (fps, motion latents) and the motion
+    condition they came from (``motion_rgb``, ``tracks``, ``track_mask``; empty for the base)."""
 
+    x0: torch.Tensor
+    text: TextCondition
+    extra: dict[str, torch.Tensor]
+    motion: dict[str, torch.Tensor]
 
-def check_same_motion_rgb(checkpoint: str, motion_rgb: MotionRGBConfig) -> None:
-    """The motion VAE must have been trained on the flow-RGB normalisation it now encodes."""
-    trained = stored_hyper_parameter(checkpoint, "motion_rgb")
-    if trained is None:  # e.g. a bare .safetensors: nothing to compare
-        return
-    trained = MotionRGBConfig(**trained)
-    if trained != motion_rgb:
-        raise ValueError(
-            f"model.motion_encoder.checkpoint {checkpoint} was trained with motion_rgb {trained}, "
-            f"but this run uses {motion_rgb}: pick the same model/motion_rgb for both "
-            "(the flow-RGB normalisation must be ONE everywhere)"
-        )
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(y=self.text.y, mask=self.text.mask, **self.extra)
 
 
 class VideoDiffusionModule(L.LightningModule):
+    """Trains ``net`` (built from ``net_config``, which is stored as a hyper-parameter so
+    a checkpoint rebuilds its model alone) with the rectified-flow loss.
+
+    Args:
+        net: the built components.
+        net_config: the component config ``net`` was built from.
+        optimizer, scheduler: ``_partial_`` configs (``model/optimizer``, ``model/scheduler``).
+        trainable: ``tora_modules`` (TE + fusers, the release), ``temporal`` (+ the
+            backbone's temporal blocks, the paper) or ``full``.
+        train_text_encoder: whether the text encoder trains.
+        init_checkpoint, init_modules: a previous stage's file and the sub-modules
+            (dotted paths) initialised from it.
+        motion_source: where a training clip's motion condition comes from.
+        validation: see :class:`ValidationConfig`.
+        compile: ``torch.compile`` the backbone.
+        latent_cache: keep the frozen VAE's latents of up to this many training clips.
+    """
+
     def __init__(
         self,
-        backbone: DictConfig | dict,
-        text_encoder: DictConfig | dict,
-        vae: DictConfig | dict,
-        optimizer: DictConfig | dict,
-        scheduler: DictConfig | dict | None = None,
-        diffusion: DictConfig | dict | None = None,
-        vae_checkpoint: str | None = None,
-        use_motion: bool = True,
-        fuser: DictConfig | dict | None = None,
-        motion_encoder: DictConfig | dict | None = None,
-        motion_source: DictConfig | dict | None = None,
-        motion_rgb: DictConfig | dict | None = None,
+        net: ToraComponents,
+        net_config: dict[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
         trainable: str = "full",
         train_text_encoder: bool = True,
-        backbone_checkpoint: str | None = None,
         init_checkpoint: str | None = None,
-        init_modules: list[str] | None = None,
-        validation: DictConfig | dict | None = None,
+        init_modules: Sequence[str] = ("model.backbone", "text_encoder"),
+        motion_source: Mapping[str, Any] | None = None,
+        validation: Mapping[str, Any] | None = None,
         compile: bool = False,
         latent_cache: int = 0,
     ) -> None:
         super().__init__()
         if trainable not in TRAINABLE_SETS:
-            raise ValueError(f"trainable {trainable!r}: one of {TRAINABLE_SETS} expected")
-        self.save_hyperparameters()
-        vae_cfg = to_container(vae)
-        self.vae = build_vae(vae_cfg, vae_checkpoint)
-        self.text_encoder = hydra.utils.instantiate(to_container(text_encoder))
-        backbone_cfg = STDiT3Config(**to_container(backbone))
-        if backbone_cfg.in_channels != self.vae.latent_channels:
-            raise ValueError(
-                f"backbone.in_channels={backbone_cfg.in_channels} but the VAE has "
-                f"latent_channels={self.vae.latent_channels}: the backbone denoises the VAE's "
-                "latents, set both to the same count"
-            )
-        guidance = None
-        if use_motion:
-            guidance = MotionGuidance(
-                hidden_size=backbone_cfg.hidden_size,
-                depth=backbone_cfg.depth,
-                latent_channels=self.vae.latent_channels,
-                patch_size=tuple(backbone_cfg.patch_size),
-                **to_container(fuser),
-            )
-            encoder_cfg = to_container(motion_encoder)
-            kind = encoder_cfg.pop("kind")
-            checkpoint = encoder_cfg.pop("checkpoint", None)
-            encoder_vae = build_vae(vae_cfg, checkpoint) if kind in VAE_ENCODERS else None
-            self.motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **encoder_cfg)
-            self.motion_source = MotionSourceConfig(**to_container(motion_source))
-            self.motion_rgb = MotionRGBConfig(**to_container(motion_rgb))
-            if kind == "motion_vae" and checkpoint:
-                check_same_motion_rgb(checkpoint, self.motion_rgb)
-        self.model = Tora(STDiT3(backbone_cfg), guidance)
-        self.flow = RectifiedFlow(**to_container(diffusion))
-        self.validation_cfg = {
-            "sample_steps": 10,
-            "cfg_scale": 4.0,
-            "num_clips": 2,
-            "seed": 0,
-            "image_every_n_steps": 100,
-        }
-        self.validation_cfg.update(to_container(validation))
-
-        if backbone_checkpoint:
-            load_opensora_state_dict(self.model.backbone, backbone_checkpoint, strict=True)
+            raise ValueError(f"model.trainable {trainable!r}: one of {TRAINABLE_SETS} expected")
+        self.save_hyperparameters(ignore=["net"])
+        self.components = net
+        self.model = net.model
+        self.vae = net.vae
+        self.text_encoder = net.text_encoder
+        if net.motion_encoder is not None:
+            self.motion_encoder = net.motion_encoder
+        self.motion_source = MotionSourceConfig(**(motion_source or {}))
+        self.validation_config = ValidationConfig(**(validation or {}))
         if init_checkpoint:
-            self.load_init_checkpoint(
-                init_checkpoint, init_modules or ["model.backbone", "text_encoder"]
-            )
+            self.load_init_checkpoint(init_checkpoint, init_modules)
         self.set_trainable(trainable, train_text_encoder)
         if compile:
             self.model.backbone.compile()
         self.latent_cache = LatentCache(latent_cache)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VideoDiffusionModule:
+        """Build the components from the ``model`` config, then the module around them."""
+        net_config = component_config(config)
+        training = {k: v for k, v in config.items() if k not in (*COMPONENT_KEYS, "_target_")}
+        return cls(net=build_tora(net_config), net_config=net_config, **training)
+
     def configure_optimizers(self) -> dict:
         return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
 
     # ----------------------------------------------------------------- set-up
-    def load_init_checkpoint(self, path: str, modules: list[str]) -> None:
+    def load_init_checkpoint(self, path: str, modules: Sequence[str]) -> None:
         """Initialise the named sub-modules (dotted paths) from a previous stage."""
         state = read_state_dict(path)
         for name in modules:
-            module = self.get_submodule(name)
-            weights = select_prefix(state, name + ".")
-            if not weights:
-                raise KeyError(f"init checkpoint {path}: no entries for module {name!r}")
-            module.load_state_dict(weights, strict=True)
-            log.info("initialised %s from %s (%d tensors)", name, path, len(weights))
+            loaded = load_weights(self.get_submodule(name), state, path, prefix=name + ".")
+            log.info("initialised %s from %s (%d tensors)", name, path, len(loaded))
 
     def set_trainable(self, trainable: str, train_text_encoder: bool) -> None:
         self.requires_grad_(False)
@@ -180,10 +151,30 @@ class VideoDiffusionModule(L.LightningModule):
             if name.startswith("rope."):
                 param.requires_grad_(False)
 
-    def train(self, mode: bool = True):
+    def check_clip_size(self, num_frames: int, resolution: Sequence[int]) -> None:
+        """Fail before training on clips the VAE or the backbone's patches cannot take,
+        naming the keys to change."""
+        height, width = resolution
+        try:
+            _, latent_h, latent_w = self.vae.latent_shape(num_frames, height, width)
+        except ValueError as error:
+            raise ValueError(
+                f"data.num_frames={num_frames} / data.resolution={list(resolution)} do not fit "
+                f"the VAE: {error}"
+            ) from None
+        _, patch_h, patch_w = self.model.backbone.patch_size
+        if latent_h % patch_h or latent_w % patch_w:
+            raise ValueError(
+                f"data.resolution={list(resolution)} gives {latent_h} x {latent_w} latents, not "
+                f"divisible by model.backbone.patch_size={list(self.model.backbone.patch_size)}: "
+                f"use a multiple of {self.vae.spatial_factor * patch_h} x "
+                f"{self.vae.spatial_factor * patch_w} pixels"
+            )
+
+    def train(self, mode: bool = True) -> VideoDiffusionModule:
         super().train(mode)
         self.vae.eval()
-        if hasattr(self, "motion_encoder"):
+        if self.components.motion_encoder is not None:
             self.motion_encoder.eval()
         return self
 
@@ -196,49 +187,45 @@ class VideoDiffusionModule(L.LightningModule):
             return self.latent_cache.encode(video, clip_ids, self.vae.encode_latents)
         return self.vae.encode_latents(video)
 
-    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, captions: list[str]) -> TextCondition:
         y, mask = self.text_encoder.encode(captions)
-        return y.to(self.device), mask.to(self.device)
+        return TextCondition(y.to(self.device), mask.to(self.device))
 
-    def null_text(self, batch_size: int) -> torch.Tensor:
-        """The backbone's learned null caption ``[B, 1, L, C]`` (OpenSora's y_embedding)."""
-        return self.model.backbone.null_caption(batch_size)
-
-    def motion_inputs(self, batch: dict[str, Any], generator=None) -> dict[str, torch.Tensor]:
+    def motion_inputs(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """Flow-RGB condition and its latents (empty for the base model)."""
         if self.model.motion_guidance is None:
             return {}
         source = at_step(self.motion_source, self.global_step)
-        condition = motion_condition(batch, source, self.motion_rgb, generator)
+        condition = motion_condition(batch, source, self.components.motion_rgb, generator)
         with torch.no_grad():
             condition["motion_latents"] = self.motion_encoder.encode(condition["motion_rgb"])
         return condition
 
-    def model_fn(self, x, t, y, mask, **extra):
-        """The network as the rectified-flow code calls it (t in [0, 1] -> OpenSora's 0..1000)."""
-        return self.model(x, t * 1000.0, y, mask=mask, **extra)
-
-    # -------------------------------------------------------------- training
-    def conditions(self, batch: dict[str, Any], generator=None) -> tuple:
-        """Video latents ``x0``, caption ``y`` / ``mask``, the model's further inputs
-        ``extra`` (fps, motion latents) and the motion condition it came from."""
+    def step_inputs(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> StepInputs:
         x0 = self.encode_video(batch["video"], LatentCache.batch_clip_ids(batch))
-        y, mask = self.encode_text(batch["caption"])
         motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
         if "motion_latents" in motion:
             extra["motion_latents"] = motion["motion_latents"]
-        return x0, y, mask, extra, motion
+        return StepInputs(x0, self.encode_text(batch["caption"]), extra, motion)
 
-    def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        x0, y, mask, extra, motion = self.conditions(batch)
-        out = self.flow.training_losses(self.model_fn, x0, dict(y=y, mask=mask, **extra))
-        out["motion"] = motion
-        return out
+    # -------------------------------------------------------------- training
+    def model_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Per-sample losses ``loss [B]`` at timesteps ``t [B]``, and the batch's motion
+        condition (``motion``)."""
+        inputs = self.step_inputs(batch)
+        out = self.components.flow.training_losses(
+            self.components.predict, inputs.x0, inputs.model_kwargs()
+        )
+        return {**out, "motion": inputs.motion}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model_step(batch)
-        losses, t = out["loss"], out["t"]
+        losses, t, motion = out["loss"], out["t"], out["motion"]
         loss = losses.mean()
         batch_size = losses.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -254,15 +241,13 @@ class VideoDiffusionModule(L.LightningModule):
                     batch_size=int(chosen.sum()),
                 )
         if (
-            self.global_step % self.validation_cfg["image_every_n_steps"] == 0
-            and "motion_rgb" in out["motion"]
+            self.global_step % self.validation_config.image_every_n_steps == 0
+            and "motion_rgb" in motion
         ):
-            log_video_grid(
-                self, "train/motion_rgb", [batch["video"][:2], out["motion"]["motion_rgb"][:2]]
-            )
+            log_video_grid(self, "train/motion_rgb", [batch["video"][:2], motion["motion_rgb"][:2]])
         return loss
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = grad_norm(self, norm_type=2)
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
@@ -274,66 +259,59 @@ class VideoDiffusionModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss at fixed timesteps with fixed noise (comparable across runs), and
         sampled clips for the first batch."""
-        generator = torch.Generator().manual_seed(self.validation_cfg["seed"] + batch_idx)
-        x0, y, mask, extra, motion = self.conditions(batch, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        generator = torch.Generator().manual_seed(self.validation_config.seed + batch_idx)
+        inputs = self.step_inputs(batch, generator)
+        noise = torch.randn(inputs.x0.shape, generator=generator).to(inputs.x0)
         losses = []
-        conditions = dict(y=y, mask=mask, **extra)
+        batch_size = inputs.x0.shape[0]
         for t_value in VALIDATION_TIMESTEPS:
-            t = torch.full((x0.shape[0],), t_value, device=x0.device)
-            loss = self.flow.training_losses(self.model_fn, x0, conditions, t=t, noise=noise)[
-                "loss"
-            ].mean()
-            self.log(f"val/loss_t{t_value}", loss, batch_size=x0.shape[0], sync_dist=True)
+            t = torch.full((batch_size,), t_value, device=inputs.x0.device)
+            loss = self.components.flow.training_losses(
+                self.components.predict, inputs.x0, inputs.model_kwargs(), t=t, noise=noise
+            )["loss"].mean()
+            self.log(f"val/loss_t{t_value}", loss, batch_size=batch_size, sync_dist=True)
             losses.append(loss)
-        self.log("val/loss", torch.stack(losses).mean(), batch_size=x0.shape[0], sync_dist=True)
+        self.log("val/loss", torch.stack(losses).mean(), batch_size=batch_size, sync_dist=True)
         if batch_idx == 0:
-            self.log_samples(batch, y, mask, extra, motion, noise)
+            self.log_samples(batch, inputs, noise)
 
     @torch.no_grad()
-    def sample_latents(self, noise, y, mask, extra, steps, cfg_scale, progress=False):
-        return self.flow.sample(
-            self.model_fn,
-            noise,
-            text_cond=dict(y=y, mask=mask),
-            null_text_cond=dict(y=self.null_text(y.shape[0]).to(y), mask=mask),
-            guidance_scale=cfg_scale,
-            steps=steps,
-            extra=extra,
-            progress=progress,
+    def log_samples(self, batch: dict[str, Any], inputs: StepInputs, noise: torch.Tensor) -> None:
+        """Clips sampled by the inference pipeline's loop from the batch's captions and
+        motion, beside the real clips and their flow-RGB."""
+        n = min(self.validation_config.num_clips, noise.shape[0])
+        text = TextCondition(inputs.text.y[:n], inputs.text.mask[:n])
+        null_text = TextCondition(self.model.backbone.null_caption(n).to(text.y), text.mask)
+        conditioning = Conditioning(extra={k: v[:n] for k, v in inputs.extra.items()})
+        if "motion_latents" in conditioning.extra:  # extracted once, not per step
+            latents = conditioning.extra.pop("motion_latents")
+            conditioning.motion_features = self.model.motion_guidance.extract(latents)
+        settings = GenerationConfig(
+            steps=self.validation_config.sample_steps,
+            cfg_scale=self.validation_config.cfg_scale,
+            motion_in_guidance=False,
         )
-
-    def log_samples(self, batch, y, mask, extra, motion, noise) -> None:
-        n = min(self.validation_cfg["num_clips"], noise.shape[0])
-        extra_n = {k: v[:n] for k, v in extra.items()}
-        if "motion_latents" in extra_n:  # extract the motion features once, not per step
-            extra_n["motion_features"] = self.model.motion_guidance.extract(
-                extra_n.pop("motion_latents")
-            )
-        latents = self.sample_latents(
-            noise[:n],
-            y[:n],
-            mask[:n],
-            extra_n,
-            self.validation_cfg["sample_steps"],
-            self.validation_cfg["cfg_scale"],
+        latents = ToraPipeline(self.components, self.device).denoise(
+            noise[:n], text, null_text, conditioning, settings
         )
         video = self.vae.decode_latents(latents).clamp(-1, 1)
         rows = [batch["video"][:n]]
-        if "motion_rgb" in motion:
-            rows.append(motion["motion_rgb"][:n])
-            if motion["track_mask"][:n].any():
-                video = self.overlay_tracks(video, motion["tracks"][:n], motion["track_mask"][:n])
+        if "motion_rgb" in inputs.motion:
+            rows.append(inputs.motion["motion_rgb"][:n])
+            if inputs.motion["track_mask"][:n].any():
+                video = overlay_tracks(
+                    video, inputs.motion["tracks"][:n], inputs.motion["track_mask"][:n]
+                )
         rows.append(video)
         log_video_grid(self, "val/samples", rows)
 
-    @staticmethod
-    def overlay_tracks(
-        video: torch.Tensor, tracks: torch.Tensor, track_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Draw the requested tracks on clips ``[B, 3, T, H, W]`` in [-1, 1]."""
-        drawn = []
-        for clip, clip_tracks, clip_mask in zip(video, tracks, track_mask):
-            out = draw_tracks(as_uint8_frames(clip), clip_tracks[clip_mask].cpu())
-            drawn.append(torch.from_numpy(out).permute(3, 0, 1, 2).float() / 127.5 - 1)
-        return torch.stack(drawn).to(video)
+
+def overlay_tracks(
+    video: torch.Tensor, tracks: torch.Tensor, track_mask: torch.Tensor
+) -> torch.Tensor:
+    """Draw the requested tracks on clips ``[B, 3, T, H, W]`` in [-1, 1]."""
+    drawn = []
+    for clip, clip_tracks, clip_mask in zip(video, tracks, track_mask, strict=True):
+        out = draw_tracks(as_uint8_frames(clip), clip_tracks[clip_mask].cpu())
+        drawn.append(torch.from_numpy(out).permute(3, 0, 1, 2).float() / 127.5 - 1)
+    return torch.stack(drawn).to(video)

@@ -12,7 +12,7 @@ from tora.motion import (
     flow_to_displacement_map,
     motion_maps_to_rgb,
     sample_tracks_from_flow,
-    tracks_to_displacement_map,
+    tracks_to_motion_rgb,
 )
 
 
@@ -92,19 +92,6 @@ def choose_tracks(
         tracks[i, : clip_tracks.shape[0]] = clip_tracks
         mask[i, : clip_tracks.shape[0]] = True
     return tracks, mask
-
-
-def tracks_to_motion_rgb(
-    tracks: torch.Tensor,
-    track_mask: torch.Tensor | None,
-    height: int,
-    width: int,
-    rgb: MotionRGBConfig,
-) -> torch.Tensor:
-    """Sparse tracks ``[B, N, T, 2]`` -> smoothed flow-RGB ``[B, 3, T, H, W]`` (training
-    and inference use this one path)."""
-    maps = tracks_to_displacement_map(tracks, height, width, track_mask=track_mask)
-    return motion_maps_to_rgb(maps, rgb, smooth=True)
 
 
 def motion_condition(

@@ -10,12 +10,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from tora.models.build import build_vae
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig
-from tora.training.checkpoints import load_vae_weights
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, motion_condition
 from tora.training.optim import build_optimizers
@@ -41,14 +40,14 @@ class VAEModule(L.LightningModule):
 
     def __init__(
         self,
-        vae: DictConfig | dict,
-        optimizer: DictConfig | dict,
-        scheduler: DictConfig | dict | None = None,
+        net: CausalVAE3D,
+        vae: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
         input: str = "video",
-        init_checkpoint: str | None = None,
         kl_weight: float = 1e-6,
-        motion_source: DictConfig | dict | None = None,
-        motion_rgb: DictConfig | dict | None = None,
+        motion_source: dict[str, Any] | None = None,
+        motion_rgb: dict[str, Any] | None = None,
         train_crop: list[int] | None = None,
         latent_statistics_batches: int = 8,
         log_videos_every_n_val: int = 1,
@@ -57,17 +56,33 @@ class VAEModule(L.LightningModule):
         super().__init__()
         if input not in INPUTS:
             raise ValueError(f"VAE input {input!r}: one of {INPUTS} expected")
-        self.save_hyperparameters()
-        vae_cfg = OmegaConf.to_container(OmegaConf.create(vae), resolve=True)
-        self.vae = CausalVAE3D(**vae_cfg)
+        self.save_hyperparameters(ignore=["net"])
+        self.vae = net
         self.motion_source = MotionSourceConfig(**(motion_source or {}))
         self.motion_rgb = MotionRGBConfig(**(motion_rgb or {}))
-        if init_checkpoint:
-            load_vae_weights(self.vae, vae_cfg, init_checkpoint)
         if compile:
             self.vae.compile()
         # The global step the latent statistics were last fitted at (None: never).
         self.statistics_step: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VAEModule:
+        """Build the VAE from ``config["vae"]`` (from ``init_checkpoint``'s weights when
+        given: the motion VAE starts from the video VAE), then the module around it."""
+        config = {k: v for k, v in config.items() if k != "_target_"}
+        init_checkpoint = config.pop("init_checkpoint", None)
+        net = build_vae(config["vae"], init_checkpoint, require_statistics=False)
+        return cls(net=net, **config)
+
+    def check_clip_size(self, num_frames: int, resolution: list[int]) -> None:
+        """Fail before training on clips the VAE cannot take, naming the keys."""
+        try:
+            self.vae.latent_shape(num_frames, *resolution)
+        except ValueError as error:
+            raise ValueError(
+                f"data.num_frames={num_frames} / data.resolution={list(resolution)} do not fit "
+                f"the VAE: {error}"
+            ) from None
 
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         """The clip the VAE reconstructs, ``[B, 3, T, H, W]`` in [-1, 1]."""

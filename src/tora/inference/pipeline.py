@@ -1,0 +1,289 @@
+"""Trajectory-conditioned generation: prompts plus tracks (plus an optional first frame)
+-> videos. The pipeline owns the denoising loop and the guidance arithmetic; the
+diffusion process only gives timesteps and a ``step``; the motion condition goes
+through the function training uses (``tora.motion.tracks_to_motion_rgb``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import track
+
+from tora.inference.loading import load_components
+from tora.models.build import ToraComponents
+from tora.motion import tracks_to_motion_rgb
+from tora.utils.video import as_uint8_frames
+
+
+@dataclass
+class GenerationRequest:
+    """One video to generate. ``tracks``: ``[N, T, 2]`` pixels at the output size."""
+
+    prompt: str
+    tracks: torch.Tensor | None = None
+    negative_prompt: str | None = None
+    image: np.ndarray | None = None  # uint8 [H, W, 3], the first frame (image-to-video)
+
+
+@dataclass
+class GenerationConfig:
+    """The sampling settings shared by ``tora.sample``, ``tora.evaluate`` and validation.
+
+    ``motion_in_guidance``: the unconditional CFG branch has no motion either, so
+    ``cfg_scale`` amplifies motion together with the text (False: motion in both
+    branches, CFG on the text only, as the Tora release).
+    ``motion_guidance_scale``: guide the motion with its own scale from a third,
+    text-only branch (InstructPix2Pix's two scales; implies ``motion_in_guidance``).
+    """
+
+    steps: int = 30
+    cfg_scale: float = 7.0
+    motion_in_guidance: bool = True
+    motion_guidance_scale: float | None = None
+    seed: int = 0
+    fps: float = 8.0
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> GenerationConfig:
+        """The settings out of a larger config (``sample.yaml``, ``evaluate.yaml``)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+
+@dataclass
+class TextCondition:
+    """Caption features ``y [B, 1, L, C]`` and ``mask [B, L]`` (None: every token real)."""
+
+    y: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class Conditioning:
+    """Everything one denoising run conditions on besides the text: further model inputs
+    (``fps``), the motion features (one per fused block, or None), and for
+    image-to-video the frames held clean (``frame_mask`` False) at ``x_given``."""
+
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    motion_features: list[torch.Tensor] | None = None
+    frame_mask: torch.Tensor | None = None
+    x_given: torch.Tensor | None = None
+
+
+def duplicate_for_cfg(value: Any) -> Any:
+    """Repeat every tensor along dim 0 (``[x, x]``), through lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value]) if value.ndim > 0 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(duplicate_for_cfg(item) for item in value)
+    if isinstance(value, dict):
+        return {key: duplicate_for_cfg(item) for key, item in value.items()}
+    return value
+
+
+class ToraPipeline:
+    """Built components in, uint8 videos out; no training wrapper involved."""
+
+    def __init__(self, components: ToraComponents, device: str | torch.device = "cpu") -> None:
+        self.components = components
+        self.device = torch.device(device)
+        components.modules().to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: str | Path,
+        base_ckpt: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> ToraPipeline:
+        return cls(load_components(ckpt, base_ckpt), device)
+
+    @property
+    def uses_motion(self) -> bool:
+        return self.components.model.motion_guidance is not None
+
+    def check_request(
+        self, request: GenerationRequest, num_frames: int, height: int, width: int
+    ) -> None:
+        self.components.vae.latent_shape(num_frames, height, width)  # raises naming the bad size
+        if request.tracks is None:
+            return
+        if request.tracks.ndim != 3 or request.tracks.shape[1:] != (num_frames, 2):
+            raise ValueError(
+                f"tracks for {request.prompt!r}: shape [N, {num_frames}, 2] expected, "
+                f"got {list(request.tracks.shape)}"
+            )
+        x, y = request.tracks[..., 0], request.tracks[..., 1]
+        if (x < 0).any() or (y < 0).any() or (x > width - 1).any() or (y > height - 1).any():
+            raise ValueError(
+                f"tracks for {request.prompt!r} leave the {width}x{height} frame "
+                f"(x in [{float(x.min()):.1f}, {float(x.max()):.1f}], "
+                f"y in [{float(y.min()):.1f}, {float(y.max()):.1f}])"
+            )
+
+    def encode_prompts(
+        self, requests: list[GenerationRequest]
+    ) -> tuple[TextCondition, TextCondition]:
+        """The captions and the unconditional branch's: the negative prompts where given,
+        else the backbone's learned null caption with the captions' mask (OpenSora)."""
+        encoder = self.components.text_encoder
+        y, mask = (t.to(self.device) for t in encoder.encode([r.prompt for r in requests]))
+        if any(r.negative_prompt for r in requests):
+            null_y, null_mask = encoder.encode([r.negative_prompt or "" for r in requests])
+            return TextCondition(y, mask), TextCondition(null_y.to(y), null_mask.to(self.device))
+        null_y = self.components.model.backbone.null_caption(len(requests)).to(y)
+        return TextCondition(y, mask), TextCondition(null_y, mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        num_frames: int,
+        height: int,
+        width: int,
+        config: GenerationConfig | None = None,
+        use_motion: bool = True,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Generate a batch; returns uint8 videos ``[B, T, H, W, 3]``.
+
+        ``use_motion=False`` runs the same weights without the motion condition (the
+        no-control baseline with identical prompts and seeds).
+        """
+        config = config or GenerationConfig()
+        for request in requests:
+            self.check_request(request, num_frames, height, width)
+        vae = self.components.vae
+        text, null_text = self.encode_prompts(requests)
+        latent_frames, latent_h, latent_w = vae.latent_shape(num_frames, height, width)
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(
+            len(requests),
+            vae.latent_channels,
+            latent_frames,
+            latent_h,
+            latent_w,
+            generator=generator,
+        ).to(self.device)
+
+        conditioning = Conditioning(
+            extra={"fps": torch.full((len(requests),), float(config.fps), device=self.device)}
+        )
+        if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
+            latents = self.motion_latents(requests, num_frames, height, width)
+            conditioning.motion_features = self.components.model.motion_guidance.extract(latents)
+        if any(r.image is not None for r in requests):
+            conditioning.frame_mask, conditioning.x_given = self.first_frame_condition(
+                requests, latent_frames, noise
+            )
+        latents = self.denoise(noise, text, null_text, conditioning, config, progress)
+        return np.stack([as_uint8_frames(video) for video in vae.decode_latents(latents)])
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        noise: torch.Tensor,
+        text: TextCondition,
+        null_text: TextCondition,
+        conditioning: Conditioning,
+        config: GenerationConfig,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Euler integration from t = 1 (``noise [B, C, T, h, w]``) to t = 0 with
+        classifier-free guidance; returns the latents at t = 0.
+
+        Motion in both branches (or no motion): one doubled batch per step,
+        ``v = v_null + s (v_text - v_null)``. ``motion_in_guidance``: the unconditional
+        branch runs without the motion, so ``s`` scales text and motion together.
+        ``motion_guidance_scale`` ``m``: a third, text-only branch and
+        ``v = v_null + s (v_text_only - v_null) + m (v_text - v_text_only)``.
+        """
+        flow, predict = self.components.flow, self.components.predict
+        channels = noise.shape[1]
+        motion = conditioning.motion_features
+        separate_scales = motion is not None and config.motion_guidance_scale is not None
+        motion_in_guidance = motion is not None and (config.motion_in_guidance or separate_scales)
+
+        extra = dict(conditioning.extra)
+        if conditioning.frame_mask is not None:
+            if conditioning.x_given is None:
+                raise ValueError("denoise: a frame_mask needs x_given (the given frames)")
+            extra["x_mask"] = conditioning.frame_mask
+        with_motion = extra if motion is None else {**extra, "motion_features": motion}
+        doubled = None
+        if not motion_in_guidance:
+            doubled = duplicate_for_cfg(with_motion)
+            y_in = torch.cat([text.y, null_text.y])
+            mask_in = None if text.mask is None else torch.cat([text.mask, null_text.mask])
+
+        def hold_given_frames(x: torch.Tensor) -> torch.Tensor:
+            if conditioning.frame_mask is None:
+                return x
+            return torch.where(
+                conditioning.frame_mask[:, None, :, None, None], x, conditioning.x_given
+            )
+
+        x = hold_given_frames(noise)
+        times = flow.sampling_timesteps(noise.shape, config.steps)
+        for t_now, t_next in track(
+            list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
+        ):
+            if doubled is not None:
+                timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
+                output = predict(torch.cat([x, x]), timestep, y=y_in, mask=mask_in, **doubled)
+                v_text, v_null = output[:, :channels].chunk(2)
+                v = v_null + config.cfg_scale * (v_text - v_null)
+            else:
+                timestep = torch.full((x.shape[0],), t_now, device=x.device)
+                v_text = predict(x, timestep, y=text.y, mask=text.mask, **with_motion)[:, :channels]
+                v_null = predict(x, timestep, y=null_text.y, mask=null_text.mask, **extra)
+                v_null = v_null[:, :channels]
+                if separate_scales:
+                    v_text_only = predict(x, timestep, y=text.y, mask=text.mask, **extra)
+                    v_text_only = v_text_only[:, :channels]
+                    v = (
+                        v_null
+                        + config.cfg_scale * (v_text_only - v_null)
+                        + config.motion_guidance_scale * (v_text - v_text_only)
+                    )
+                else:
+                    v = v_null + config.cfg_scale * (v_text - v_null)
+            x = hold_given_frames(flow.step(x, v, t_now, t_next))
+        return x
+
+    def motion_latents(
+        self, requests: list[GenerationRequest], num_frames: int, height: int, width: int
+    ) -> torch.Tensor:
+        """Tracks -> flow-RGB -> motion latents, as in training (padded, masked)."""
+        max_tracks = max(1, max(len(r.tracks) for r in requests if r.tracks is not None))
+        tracks = torch.zeros(len(requests), max_tracks, num_frames, 2)
+        track_mask = torch.zeros(len(requests), max_tracks, dtype=torch.bool)
+        for i, request in enumerate(requests):
+            if request.tracks is not None:
+                tracks[i, : len(request.tracks)] = request.tracks
+                track_mask[i, : len(request.tracks)] = True
+        rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, self.components.motion_rgb)
+        return self.components.motion_encoder.encode(rgb.to(self.device))
+
+    def first_frame_condition(
+        self, requests: list[GenerationRequest], latent_frames: int, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent frame 0 from the given image, held clean during sampling."""
+        images = []
+        for request in requests:
+            if request.image is None:
+                raise ValueError(
+                    "image-to-video: give an image for every prompt of a batch, or none"
+                )
+            images.append(torch.from_numpy(request.image).permute(2, 0, 1).float() / 127.5 - 1)
+        first = torch.stack(images)[:, :, None].to(self.device)  # [B, 3, 1, H, W]
+        x_given = noise.clone()
+        x_given[:, :, :1] = self.components.vae.encode_latents(first)
+        frame_mask = torch.ones(noise.shape[0], latent_frames, dtype=torch.bool, device=self.device)
+        frame_mask[:, 0] = False
+        return frame_mask, x_given
