@@ -155,16 +155,17 @@ test: $(INSTALLED) ## Run the test suite (slow tests excluded)
 test-all: $(INSTALLED) ## Run every test, slow ones included
 	$(PY) -m pytest -q
 
-lint: $(INSTALLED) ## Lint with ruff
+lint: $(INSTALLED) ## Lint with ruff and type-check src/tora with mypy
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 
 format: $(INSTALLED) ## Format with ruff
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
 
 clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
-	rm -rf logs outputs checkpoints checkpoints_128 data .pytest_cache .ruff_cache
+	rm -rf logs outputs checkpoints checkpoints_128 data .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \

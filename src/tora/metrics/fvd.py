@@ -91,7 +91,7 @@ class FeatureStatistics:
         batch_mean = features.mean(dim=0)
         centred = features - batch_mean
         batch_scatter = centred.T @ centred
-        if self._mean is None:
+        if self._mean is None or self._scatter is None:
             self.count, self._mean, self._scatter = len(features), batch_mean, batch_scatter
             return self
         total = self.count + len(features)
@@ -115,7 +115,7 @@ class FeatureStatistics:
     @property
     def covariance(self) -> torch.Tensor:
         """``[D, D]`` float64, unbiased (divided by count - 1)."""
-        if self.count < 2:
+        if self.count < 2 or self._scatter is None:
             raise ValueError(
                 f"FeatureStatistics: a covariance needs at least 2 feature rows, got {self.count}"
             )

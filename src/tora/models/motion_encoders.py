@@ -16,6 +16,8 @@ import torch
 from einops import reduce
 from torch import nn
 
+from tora.models.vae import CausalVAE3D
+
 
 class MotionEncoder(nn.Module):
     """Interface: ``encode(motion_rgb [B, 3, T, H, W] in [-1, 1]) -> latents [B, C, k+1, H/8, W/8]``."""
@@ -30,7 +32,7 @@ class VAEMotionEncoder(MotionEncoder):
     Used for both the dedicated motion VAE and the reused video VAE.
     """
 
-    def __init__(self, vae: nn.Module):
+    def __init__(self, vae: CausalVAE3D):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
 
@@ -112,7 +114,7 @@ POOLING_ENCODERS = {"avg_pool": AvgPoolMotionEncoder, "frame_sampling": FrameSam
 def build_motion_encoder(
     kind: str,
     out_channels: int = 4,
-    vae: nn.Module | None = None,
+    vae: CausalVAE3D | None = None,
     spatial_factor: int = 8,
     temporal_factor: int = 4,
 ) -> MotionEncoder:

@@ -50,8 +50,10 @@ class TextEncoder(nn.Module):
         return repeat(null_embedding, "l c -> b 1 l c", b=batch_size), None
 
 
-class FrozenEncoderMixin:
+class FrozenEncoderMixin(nn.Module):
     """Keeps ``self.model`` in eval mode whatever the parent module does."""
+
+    model: nn.Module
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -15,6 +15,8 @@ result as the whole clip at once.
 
 from typing import Any
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat

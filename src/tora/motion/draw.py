@@ -59,8 +59,8 @@ def draw_tracks(
     points = np.round(tracks * (1 << SUBPIXEL_BITS)).astype(np.int32)
     drawn = np.ascontiguousarray(frames).copy()
     for frame_index, frame in enumerate(drawn):
-        for track_points, color in zip(points, colors):
-            color = tuple(int(value) for value in color)
+        for track_points, track_color in zip(points, colors):
+            color = tuple(int(value) for value in track_color)
             path = track_points[: frame_index + 1].reshape(-1, 1, 2)
             cv2.polylines(frame, [path], False, color, thickness, cv2.LINE_AA, shift=SUBPIXEL_BITS)
             cv2.circle(

@@ -26,7 +26,7 @@ def _instantiate_group(group: DictConfig | None, kind: str) -> list:
         if node is None:  # switched off with `callbacks.<name>=null`
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(f"{kind} '{name}': a config with _target_ expected, got {node!r}")
+            raise ValueError(f"{kind} {name!r}: a config with _target_ expected, got {node!r}")
         objects.append(hydra.utils.instantiate(node))
     return objects
 
@@ -67,11 +67,13 @@ def log_run_summary(
     table.add_column("value", justify="right")
     for name, value in parameter_counts(model).items():
         table.add_row(f"params/{name}", f"{value:,}")
-    for callback in trainer.callbacks:  # e.g. DataHealth: skipped data, all ranks
+    # Set by Lightning's callback connector, not declared on Trainer. e.g. DataHealth:
+    # skipped data, all ranks.
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if hasattr(callback, "run_summary"):
             for name, value in callback.run_summary().items():
                 table.add_row(name, f"{value}")
-    for name, value in sorted(metrics.items()):
-        table.add_row(name, f"{value:.5g}")
+    for name, metric in sorted(metrics.items()):
+        table.add_row(name, f"{metric:.5g}")
     table.add_row("global_step", str(trainer.global_step))
     Console().print(table)

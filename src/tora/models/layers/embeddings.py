@@ -15,6 +15,8 @@ from einops import rearrange, repeat
 from timm.layers import Mlp
 from torch import nn
 
+from tora.models.layers.activations import TanhGELU
+
 
 def sinusoidal_embedding(
     values: torch.Tensor, dim: int, max_period: float = 10000.0
@@ -54,7 +56,7 @@ class ScalarEmbedder(nn.Module):
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """``values [B]`` -> ``[B, hidden_size]`` in the dtype of the MLP weights."""
         features = sinusoidal_embedding(values, self.frequency_dim)
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(next(self.mlp.parameters()).dtype))
 
 
 class PatchEmbed3D(nn.Module):
@@ -87,6 +89,8 @@ class CaptionEmbedder(nn.Module):
     (classifier-free guidance) and is the unconditional input at sampling time.
     """
 
+    y_embedding: torch.Tensor
+
     def __init__(
         self, caption_channels: int, hidden_size: int, dropout_prob: float, max_length: int
     ):
@@ -96,7 +100,7 @@ class CaptionEmbedder(nn.Module):
             in_features=caption_channels,
             hidden_features=hidden_size,
             out_features=hidden_size,
-            act_layer=lambda: nn.GELU(approximate="tanh"),
+            act_layer=TanhGELU,
             drop=0.0,
         )
         self.register_buffer(
