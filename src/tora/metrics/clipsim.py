@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -26,7 +26,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tora.models.layers.activations import TanhGELU
-from tora.models.layers.activations import TanhGELU
 from tora.models.layers.attention import CrossAttention, SelfAttention
 from tora.models.layers.embeddings import (
     CaptionEmbedder,

@@ -15,8 +15,6 @@ result as the whole clip at once.
 
 from typing import Any
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
