@@ -1,5 +1,5 @@
 """Real-video preparation: ``python -m tora.prepare_data src=<videos> out=<shards>``
-(``make prepare-data SRC=... OUT=...``; settings in ``configs/prepare_data.yaml``).
+(``make prepare-data SRC=... SHARDS=...``; settings in ``configs/prepare_data.yaml``).
 
 Finds the videos under ``src``, cuts them into scenes and clips, scores and
 filters the clips, estimates their optical flow and sparse tracks, and writes
