@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tora.checkpoints import (
+    CheckpointError,
     WeightsMismatchError,
     convert_checkpoint,
     load_weights_from,
@@ -230,7 +231,7 @@ def test_errors_name_the_input_and_what_was_expected(modules, tmp_path):
 
     directory = tmp_path / "epoch=0-step=2.ckpt"
     directory.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"not a DeepSpeed checkpoint: .*latest expected"):
+    with pytest.raises(CheckpointError, match=r"step=2.ckpt: neither a DeepSpeed checkpoint"):
         convert_checkpoint(directory, tmp_path / "out.safetensors")
     (directory / "latest").write_text("checkpoint")
     (directory / "checkpoint").mkdir()

@@ -118,7 +118,11 @@ def test_image_to_video_keeps_the_given_first_frame(chain):
         np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64)
     )
     video = pipeline.generate(
-        [GenerationRequest("a red circle", None, image=image)], 17, 64, 64, GenerationConfig(steps=2)
+        [GenerationRequest("a red circle", None, image=image)],
+        17,
+        64,
+        64,
+        GenerationConfig(steps=2),
     )
     with torch.no_grad():
         first = torch.from_numpy(image).permute(2, 0, 1).float()[None, :, None] / 127.5 - 1

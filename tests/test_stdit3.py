@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tora.checkpoints import WeightsMismatchError, load_weights, load_weights_from
 from tora.models.layers.embeddings import (
     RotaryEmbedding,
     apply_rotary_embedding,
     sincos_2d_position_embedding,
 )
-from tora.checkpoints import WeightsMismatchError, load_weights, load_weights_from
 from tora.models.stdit3 import STDiT3, STDiT3Config
 
 # A test-sized STDiT3 (hidden 64, 2 block pairs, patch 2): big enough for every code path.

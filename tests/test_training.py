@@ -13,8 +13,8 @@ import torch
 from conftest import SHORT, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tora.train import instantiate_module, train
 from tora.checkpoints import read_state_dict
+from tora.train import instantiate_module, train
 from tora.training.latent_cache import LatentCache
 from tora.training.optim import WarmupCosine
 
@@ -308,9 +308,7 @@ def test_stage1_refuses_a_motion_vae_with_another_flow_rgb_scale(tmp_path, chain
     ]
     assert build_module(overrides, tmp_path).components.motion_rgb.max_displacement_ref == 3.0
     # ... so a stage on the paper's normalisation must not silently encode with it.
-    with pytest.raises(
-        ValueError, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"
-    ):
+    with pytest.raises(ValueError, match=r"motion_vae.ckpt was trained with .*=3\.0.*=40\.0"):
         build_module([*overrides, "model/motion_rgb=default"], tmp_path)
 
 
@@ -342,3 +340,22 @@ def test_vae_architecture_reads_the_older_boolean_shortcut():
 
     assert vae_architecture({"shortcut": True}) == vae_architecture({"shortcut": "pooled"})
     assert vae_architecture({"shortcut": False})["shortcut"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.resolution=[60,64]"], r"data.resolution=\[60, 64\] do not fit the VAE: .*H=60"),
+        (["data.num_frames=16"], r"data\.num_frames.*16"),
+        (
+            ["data.resolution=[72,72]", "model.backbone.patch_size=[1,2,2]"],
+            r"9 x 9 latents, not divisible by model.backbone.patch_size=\[1, 2, 2\]: "
+            r"use a multiple of 16 x 16 pixels",
+        ),
+    ],
+)
+def test_clip_sizes_the_model_cannot_take_fail_before_training(tmp_path, overrides, message):
+    cfg = compose_train(["experiment=stage1_flow", *NO_PREREQUISITES, *overrides], tmp_path)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

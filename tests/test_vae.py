@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-
 from omegaconf import OmegaConf
 
 from tora.models.build import instantiate

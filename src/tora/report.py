@@ -150,6 +150,5 @@ def main(cfg: DictConfig) -> None:
     report(cfg)
 
 
-
 if __name__ == "__main__":
     main()

@@ -75,6 +75,8 @@ def sample(cfg: DictConfig) -> list[Path]:
     tracks = (
         load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
     )
+    if tracks is None and pipeline.uses_motion:
+        log.info("no tracks given (tracks=[file, ...]): sampling without the motion condition")
     if tracks is not None and not pipeline.uses_motion:
         log.warning(
             "checkpoint %s has no motion guidance: the tracks are drawn but not used", cfg.ckpt

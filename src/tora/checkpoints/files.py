@@ -45,11 +45,19 @@ def safe_globals() -> list[Any]:
     """The non-container types DeepSpeed's checkpoint files hold (enums and a named tuple),
     imported only when DeepSpeed is installed."""
     try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
     except ImportError:
         return []
-    return [ZeroStageEnum, fragment_address]
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def refused_global(error: Exception) -> str:
+    """The part of torch's weights-only refusal that names what the pickle asked for."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named[0] if named else lines[-1])[:300]
 
 
 def load_pickle(path: Path, *, mmap: bool = False) -> Any:
@@ -60,15 +68,17 @@ def load_pickle(path: Path, *, mmap: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
-            refused = str(error).split("\n\n")[1] if "\n\n" in str(error) else str(error)
             raise CheckpointError(
-                f"checkpoint {path}: refused to unpickle it, it asks to run code ({refused.strip()[:300]}); "
-                "checkpoints are loaded as tensors and plain containers only"
+                f"checkpoint {path}: refused to unpickle it, it asks to run code "
+                f"({refused_global(error)}); checkpoints are loaded as tensors and plain "
+                "containers only"
             ) from None
         raise CheckpointError(
             f"{path}: not a PyTorch/Lightning checkpoint (torch.load: {error})"
         ) from None
-    except Exception as error:  # the unpickler fails in many ways on bytes that are not a checkpoint
+    except (
+        Exception
+    ) as error:  # the unpickler fails in many ways on bytes that are not a checkpoint
         raise CheckpointError(
             f"{path}: not a PyTorch/Lightning checkpoint, or a truncated one (torch.load: {error})"
         ) from None
@@ -232,7 +242,7 @@ def read_deepspeed_checkpoint(directory: Path) -> Checkpoint:
         except pickle.UnpicklingError as error:
             raise CheckpointError(
                 f"DeepSpeed checkpoint {directory}: refused, it asks to unpickle more than "
-                f"weights ({str(error)[:300]})"
+                f"weights ({refused_global(error)})"
             ) from None
     state_dict = {
         key.removeprefix(LIGHTNING_WRAPPER_PREFIX): value for key, value in merged.items()
