@@ -56,6 +56,8 @@ class RectifiedFlow:
         spatial_compression: VAE spatial factor, to recover pixels from latents.
         prediction: ``"noise_minus_data"`` (v = noise - x0) or
             ``"data_minus_noise"`` (OpenSora v1.2 checkpoints).
+        timestep_scale: the backbone's timestep for t in [0, 1] is ``t * timestep_scale``
+            (OpenSora's STDiT3 embeds 0..1000).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class RectifiedFlow:
         base_num_frames: int = 1,
         spatial_compression: int = 8,
         prediction: str = "noise_minus_data",
+        timestep_scale: float = 1000.0,
     ):
         if sample_method not in SAMPLE_METHODS:
             raise ValueError(
@@ -82,7 +85,12 @@ class RectifiedFlow:
         self.base_resolution = base_resolution
         self.base_num_frames = base_num_frames
         self.spatial_compression = spatial_compression
+        self.timestep_scale = timestep_scale
         self.velocity_sign = PREDICTIONS[prediction]
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in [0, 1] as the backbone's timestep input."""
+        return t * self.timestep_scale
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x_t = (1 - t) x0 + t noise``; x0, noise ``[B, C, T, H, W]``, t ``[B]``."""

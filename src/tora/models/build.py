@@ -104,9 +104,8 @@ class ToraComponents:
     def predict(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask=None, **extra
     ) -> torch.Tensor:
-        """The network as the diffusion process calls it: ``t`` in [0, 1] (OpenSora's
-        STDiT3 takes 0..1000)."""
-        return self.model(x, t * 1000.0, y, mask=mask, **extra)
+        """The network as the diffusion process calls it, ``t`` in [0, 1]."""
+        return self.model(x, self.flow.model_timestep(t), y, mask=mask, **extra)
 
 
 def vae_architecture(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,9 +163,11 @@ def build_vae(
     diffusion stages use, that its latent statistics were fitted."""
     vae = instantiate("vae", cfg, source)
     if checkpoint:
-        check_same_vae(checkpoint, cfg)
+        trained_here = isinstance(vae, CausalVAE3D)  # the VAEs this project trains and normalises
+        if trained_here:
+            check_same_vae(checkpoint, cfg)
         load_weights_from(vae, checkpoint, prefix="vae.")
-        if require_statistics:
+        if trained_here and require_statistics:
             check_latent_statistics(vae, checkpoint)
     return vae
 
