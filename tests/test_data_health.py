@@ -15,6 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tora.train import train
 
+NO_PREREQUISITES = [
+    "model.vae_checkpoint=null",
+    "model.init_checkpoint=null",
+    "model.motion_encoder.checkpoint=null",
+]
+
 
 def rewrite_members(shard: Path, changes: dict[str, bytes]) -> None:
     """Replace the tar members named in ``changes`` (``"<key>.<suffix>"``) in place."""
@@ -51,11 +57,12 @@ def test_skipped_samples_reach_tensorboard_run_log_and_summary(
     shards = corrupted_copy(synthetic_shards, tmp_path / "shards")
     cfg = compose_train(
         [
-            "experiment=video_vae",
+            "experiment=stage1_flow",
+            *NO_PREREQUISITES,
             "export_checkpoint=null",
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
-            "trainer.limit_val_batches=1",
+            "trainer.limit_val_batches=0",
             "callbacks.data_health.every_n_steps=1",
             "callbacks.progress_bar=null",
             # Shards and samples in order: the two bad samples come first, once.

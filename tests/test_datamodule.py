@@ -218,7 +218,7 @@ def test_configuration_errors(override, message):
 def test_data_configs_compose_and_instantiate(name, tmp_path):
     write_shards(tmp_path / "synthetic", "train", [2], num_frames=17, height=64, width=64)
     write_shards(tmp_path / "synthetic", "val", [2], num_frames=17, height=64, width=64)
-    overrides = [f"+paths.data_dir={tmp_path}"]
+    overrides = [f"+paths.data_dir={tmp_path}", "seed=0"]
     if name == "shards":
         overrides += [
             f"train_shards='{tmp_path}/synthetic/train-{{000000..000000}}-000000.tar'",
@@ -282,6 +282,41 @@ def test_ddp_ranks_read_disjoint_data_and_equal_batch_counts(tmp_path):
         keys = [{key for batch in rank[name] for key in batch} for rank in ranks]
         assert not keys[0] & keys[1], f"{name}: ranks saw the same samples {keys[0] & keys[1]}"
         assert len(keys[0]) == len(keys[1]) == 2 * len(ranks[0][name])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("resampled", [False, True])
+def test_epochs_are_seeded_and_a_loader_resumes_mid_epoch(tmp_path, workers, resampled):
+    """Epoch e of a seed is the same batches in every run; a loader restored from the
+    state saved after k batches continues with batch k + 1 of that epoch."""
+    write_shards(tmp_path, "train", [6, 6], num_frames=17)
+    options = {"num_workers": workers, "seed": 5, "resampled": resampled, "epoch_length": 12}
+
+    def keys_and_starts(batch):
+        return list(zip(batch["key"], batch["frame_start"].tolist(), strict=True))
+
+    def epochs(loader, count):
+        return [[keys_and_starts(batch) for batch in loader] for _ in range(count)]
+
+    straight = epochs(make_datamodule(tmp_path / "train-*.tar", **options).train_dataloader(), 2)
+    assert len(straight[0]) == 6 and straight[0] != straight[1]
+    assert epochs(make_datamodule(tmp_path / "train-*.tar", **options).train_dataloader(), 2) == (
+        straight
+    )
+    other_seed = make_datamodule(tmp_path / "train-*.tar", **{**options, "seed": 6})
+    assert epochs(other_seed.train_dataloader(), 1)[0] != straight[0]
+
+    loader = make_datamodule(tmp_path / "train-*.tar", **options).train_dataloader()
+    batches = iter(loader)
+    for _ in range(4):
+        next(batches)
+    state = loader.state_dict()
+    assert state == {"seed": 5, "epoch": 0, "batches_read": 4}
+    resumed = make_datamodule(tmp_path / "train-*.tar", **{**options, "seed": None})
+    loader = resumed.train_dataloader()
+    loader.load_state_dict(state)
+    assert [keys_and_starts(batch) for batch in loader] == straight[0][4:]
+    assert epochs(loader, 1)[0] == straight[1]
 
 
 def test_training_windows_of_longer_clips_report_their_start(tmp_path):

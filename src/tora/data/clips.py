@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,13 +17,21 @@ from tora.data.shards import split_by_rank
 from tora.data.transforms import frame_window_start, resize_center_crop, take_frame_window
 
 
+def stream_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
+    """The seed of one worker's sample stream in one epoch (shard and sample
+    shuffles, frame windows): a function of these four numbers only."""
+    return int(np.random.SeedSequence([seed, epoch, rank, worker]).generate_state(1)[0])
+
+
 class ClipBatches(IterableDataset):
     """Exactly ``sum(worker_batches)`` collated batches per epoch for one rank.
 
     Iterated inside each DataLoader worker: worker ``i`` builds its own
-    WebDataset pipeline seeded from the worker's ``random`` state (torch reseeds
-    it every epoch from the main process generator, so ``seed_everything`` makes
-    epochs reproducible) and yields ``worker_batches[i]`` batches.
+    WebDataset pipeline seeded by :func:`stream_seed` from ``seed``, the epoch,
+    the rank and ``i``, and yields ``worker_batches[i]`` batches, so an epoch's
+    batches are the same in every run with the same seed. The epoch lives in
+    shared memory: :meth:`set_epoch` in the main process reaches persistent
+    workers before their next pass.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class ClipBatches(IterableDataset):
         shard_shuffle: int,
         shuffle_buffer: int,
         counter: DataIssueCounter,
+        seed: int,
     ):
         super().__init__()
         self.shards = shards
@@ -58,6 +66,11 @@ class ClipBatches(IterableDataset):
         self.shard_shuffle = shard_shuffle
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter
+        self.seed = seed
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return sum(self.worker_batches)
@@ -73,7 +86,7 @@ class ClipBatches(IterableDataset):
         share = self.worker_batches[worker_id]
         if share == 0:
             return
-        seed = random.randrange(2**32)
+        seed = stream_seed(self.seed, int(self.epoch), self.rank, worker_id)
         samples = self.sample_pipeline(seed).with_epoch(share * self.batch_size)
         batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
         produced = 0
@@ -86,40 +99,31 @@ class ClipBatches(IterableDataset):
                 f"decodable sample ({produced} of {share} batches made); shards: {self.shards}"
             )
 
-    def sample_pipeline(self, seed: int) -> wds.WebDataset:
+    def sample_pipeline(self, seed: int) -> wds.DataPipeline:
         """Shards -> decoded, windowed, resized samples for this rank and worker."""
         split_shards = len(self.shards) >= self.world_size
         if self.resampled:
-            nodesplitter = workersplitter = None
+            stages = [wds.ResampledShards(self.shards, seed=seed, deterministic=True)]
         else:
-            nodesplitter = (
-                functools.partial(split_by_rank, rank=self.rank, world_size=self.world_size)
-                if split_shards
-                else None
-            )
-            workersplitter = wds.split_by_worker
-        # Without a per-rank shard split every rank must read the shards in one
-        # order for the sample split to be disjoint, so they are not shuffled.
-        shard_shuffle = (
-            self.shard_shuffle if self.train and split_shards and not self.resampled else False
-        )
-        dataset = wds.WebDataset(
-            self.shards,
-            handler=self.counter.shard_error,
-            resampled=self.resampled,
-            shardshuffle=shard_shuffle,
-            nodesplitter=nodesplitter,
-            workersplitter=workersplitter,
-            empty_check=False,
-            seed=seed,
-        )
+            stages = [wds.SimpleShardList(self.shards)]
+            if split_shards:
+                stages.append(
+                    functools.partial(split_by_rank, rank=self.rank, world_size=self.world_size)
+                )
+            stages.append(wds.split_by_worker)
+            # Without a per-rank shard split every rank must read the shards in one
+            # order for the sample split to be disjoint, so they are not shuffled.
+            if self.train and split_shards and self.shard_shuffle > 1:
+                stages.append(wds.shuffle(self.shard_shuffle, seed=seed))
+        stages.append(wds.tarfile_to_samples(handler=self.counter.shard_error))
         if not self.resampled and not split_shards:
-            dataset = dataset.slice(self.rank, None, self.world_size)
+            stages.append(wds.slice(self.rank, None, self.world_size))
         if self.train and self.shuffle_buffer > 1:
-            dataset = dataset.shuffle(self.shuffle_buffer, seed=seed)
+            stages.append(wds.shuffle(self.shuffle_buffer, seed=seed))
         generator = np.random.default_rng(seed) if self.train else None
         load = functools.partial(self.load_clip, generator=generator)
-        return dataset.map(load, handler=self.counter.sample_error)
+        stages.append(wds.map(load, handler=self.counter.sample_error))
+        return wds.DataPipeline(*stages)
 
     def load_clip(
         self, raw: dict[str, Any], generator: np.random.Generator | None

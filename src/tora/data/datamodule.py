@@ -26,6 +26,12 @@ rank that ran out of data:
   skipped samples never shorten an epoch; a rank whose shards hold more
   samples than its share leaves the rest for a later epoch.
 
+**Reproducible and resumable.** The batches of an epoch depend only on
+``seed``, the epoch, the rank and the worker (:func:`~tora.data.clips.stream_seed`),
+and every loader is a :class:`~tora.data.loader.ResumableLoader`: the train
+loader's seed, epoch and batches read go into Lightning checkpoints, and a run
+resumed from one continues with the batch the uninterrupted run would have taken.
+
 **Bad data never stops an epoch and is never lost silently.** An unreadable or
 truncated shard, a sample that does not decode or follow the schema, or one
 with a track point more than half a pixel outside the video (the points
@@ -46,11 +52,12 @@ import logging
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from tora.data.clips import ClipBatches
 from tora.data.issues import DataIssueCounter
+from tora.data.loader import ResumableLoader
 from tora.data.shards import count_samples, expand_shards, split_in_proportion
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,8 @@ class ShardDataModule(L.LightningDataModule):
             samples per epoch per rank (needed for remote shards, which cannot be counted).
         max_tracks: tracks per clip in a batch (padded with ``track_mask``).
         val_batches: cap on validation batches per rank (None: all full batches).
+        seed: seed of the sample streams (shard and sample order, frame windows) of
+            every epoch, rank and worker (None: a fresh one, kept in checkpoints).
     """
 
     def __init__(
@@ -88,6 +97,7 @@ class ShardDataModule(L.LightningDataModule):
         max_tracks: int = 8,
         val_batches: int | None = None,
         pin_memory: bool = False,
+        seed: int | None = None,
     ):
         super().__init__()
         if num_frames < 1 or (num_frames - 1) % 4:
@@ -120,14 +130,15 @@ class ShardDataModule(L.LightningDataModule):
         self.max_tracks = max_tracks
         self.val_batches = val_batches
         self.pin_memory = pin_memory
+        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
         self._shards: dict[str, list[str]] = {}
         self._shard_sizes: dict[str, list[int | None]] = {}
         self._counters: list[DataIssueCounter] = []
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         return self._dataloader("train")
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> ResumableLoader | list:
         return self._dataloader("val") if self.val_shards is not None else []
 
     @property
@@ -190,7 +201,7 @@ class ShardDataModule(L.LightningDataModule):
         available = [sum(size or 0 for size in sizes[worker::workers]) for worker in range(workers)]
         return split_in_proportion(num_batches, available)
 
-    def _dataloader(self, split: str) -> DataLoader:
+    def _dataloader(self, split: str) -> ResumableLoader:
         rank, world_size = self._rank_and_world_size()
         shards = self._split_shards(split)
         resampled = self.resampled and split == "train"
@@ -230,14 +241,9 @@ class ShardDataModule(L.LightningDataModule):
             shard_shuffle=self.shard_shuffle,
             shuffle_buffer=self.shuffle_buffer,
             counter=counter,
+            seed=self.seed,
         )
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-            pin_memory=self.pin_memory,
-        )
+        return ResumableLoader(dataset, num_workers, self.pin_memory)
 
     def _rank_and_world_size(self) -> tuple[int, int]:
         if self.trainer is not None:

@@ -18,9 +18,10 @@ class DataHealth(Callback):
     ``every_n_steps`` optimizer steps and when training ends, with a warning in the
     run log whenever a count grew; :meth:`run_summary` gives the latest totals.
 
-    The counts are cumulative events since the DataModule was made (a bad sample
-    read in two epochs counts twice), as read by the loaders, which may run a few
-    batches ahead of the step. A DataModule without ``skipped`` is ignored.
+    The counts are cumulative events since training started, carried over a resume
+    by the checkpoint (a bad sample read in two epochs counts twice), as read by
+    the loaders, which may run a few batches ahead of the step. A DataModule
+    without ``skipped`` is ignored.
     """
 
     def __init__(self, every_n_steps: int = 50):
@@ -30,7 +31,15 @@ class DataHealth(Callback):
             )
         self.every_n_steps = every_n_steps
         self.totals: dict[str, int] = {}
+        self._resumed_totals: dict[str, int] = {}
         self._reported_step = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": dict(self.totals)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_totals = dict(state_dict["totals"])
+        self.totals = dict(self._resumed_totals)
 
     def on_train_batch_end(
         self,
@@ -56,7 +65,10 @@ class DataHealth(Callback):
         names = sorted(local)
         counts = torch.tensor([local[name] for name in names], device=trainer.strategy.root_device)
         summed = trainer.strategy.reduce(counts, reduce_op="sum")
-        totals = dict(zip(names, summed.tolist(), strict=True))
+        totals = {
+            name: count + self._resumed_totals.get(name, 0)
+            for name, count in zip(names, summed.tolist(), strict=True)
+        }
         if trainer.global_step == self._reported_step and totals == self.totals:
             return
         self._reported_step = trainer.global_step
