@@ -145,6 +145,11 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     batch["frame_start"] = torch.tensor([0, 0, 4, 0])
     torch.testing.assert_close(module.step_inputs(batch).x0, first)
     assert cache.hits == 6
+    # Validation never touches the cache: its clip "a"@0 is another clip than training's.
+    seen = []
+    module.encode_video = lambda video, clip_ids=None: seen.append(clip_ids) or first
+    module.validation_step(dict(batch, video=torch.rand(4, 3, 5, 16, 16) * 2 - 1), 1)
+    assert seen == [None] and cache.hits == 6 and len(cache.latents) == 3
 
 
 @pytest.mark.parametrize("fuser", FUSERS)

@@ -204,9 +204,13 @@ class VideoDiffusionModule(L.LightningModule):
         return condition
 
     def step_inputs(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator | None = None,
+        use_latent_cache: bool = True,
     ) -> StepInputs:
-        x0 = self.encode_video(batch["video"], LatentCache.batch_clip_ids(batch))
+        clip_ids = LatentCache.batch_clip_ids(batch) if use_latent_cache else None
+        x0 = self.encode_video(batch["video"], clip_ids)
         motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
         if "motion_latents" in motion:
@@ -260,7 +264,10 @@ class VideoDiffusionModule(L.LightningModule):
         """Loss at fixed timesteps with fixed noise (comparable across runs), and
         sampled clips for the first batch."""
         generator = torch.Generator().manual_seed(self.validation_config.seed + batch_idx)
-        inputs = self.step_inputs(batch, generator)
+        # Validation clips are never cached: their keys may repeat training keys (the
+        # synthetic splits both count clip-000000, ...), and a shared entry would pair a
+        # validation caption and motion with a training clip's latents.
+        inputs = self.step_inputs(batch, generator, use_latent_cache=False)
         noise = torch.randn(inputs.x0.shape, generator=generator).to(inputs.x0)
         losses = []
         batch_size = inputs.x0.shape[0]
