@@ -100,10 +100,9 @@ class ShardDataModule(L.LightningDataModule):
         seed: int | None = None,
     ):
         super().__init__()
-        if num_frames < 1 or (num_frames - 1) % 4:
-            raise ValueError(
-                f"data.num_frames: 4k+1 frames expected (the causal VAE), got {num_frames}"
-            )
+        # Which frame counts work is the VAE's rule, checked by the model before training.
+        if num_frames < 1:
+            raise ValueError(f"data.num_frames: a positive frame count expected, got {num_frames}")
         if len(resolution) != 2 or any(int(v) < 1 for v in resolution):
             raise ValueError(f"data.resolution: [H, W] positive expected, got {list(resolution)}")
         if batch_size < 1 or num_workers < 0 or max_tracks < 0:
