@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
@@ -37,12 +39,13 @@ from tora.data.prepare import (
     score_motion,
 )
 from tora.data.prepare.captions import build_captioner
-from tora.data.prepare.manifest import MANIFEST
+from tora.data.prepare.manifest import MANIFEST, Manifest
 from tora.data.prepare.pool import pool_result
+from tora.data.prepare.run import plan_jobs, record_result
 from tora.data.prepare.scores import build_quality_scorer, motion_rejection
-from tora.data.prepare.summary import SUMMARY
+from tora.data.prepare.summary import SUMMARY, RunSummary
 from tora.data.prepare.timing import StageTimer
-from tora.data.prepare.video import VideoJob
+from tora.data.prepare.video import VideoJob, build_tools, prepare_video
 from tora.data.schema import decode_sample
 from tora.train import train
 from tora.utils.config import CONFIG_DIR
@@ -427,3 +430,75 @@ def test_cli_with_worker_processes(video_dir, tmp_path):
     summary = json.loads((out / SUMMARY).read_text())
     assert (summary["videos_done"], summary["videos_failed"], summary["clips_kept"]) == (1, 1, 2)
     assert (tmp_path / "run" / "prepare_data.log").exists()
+
+
+def test_shards_reach_out_only_with_their_manifest_line(video_dir, tmp_path):
+    """A video's work stages its shards; the main process writes the manifest line and
+    then moves them into ``out``, so ``out`` never holds shards without a line."""
+    src, out = tmp_path / "videos", tmp_path / "out"
+    src.mkdir()
+    (src / "pan.mp4").write_bytes((video_dir / "sub" / "pan.mp4").read_bytes())
+    config = prepare_config(src, out)
+    manifest = Manifest(out / MANIFEST)
+    (job,), _ = plan_jobs(config, manifest, RunSummary(src=str(src), out=str(out)))
+    result = prepare_video(job, config, build_tools(config), out)
+    assert result.status == "done" and not list(out.glob("*.tar"))
+    staged = [Path(shard) for shard in result.staged]
+    assert [path.parent for path in staged] == [out / ".staging" / job.video_id]
+    assert all(path.is_file() for path in staged)
+    assert not manifest.path.exists()
+
+    record_result(result, manifest, out)
+    assert sorted(path.name for path in out.glob("*.tar")) == [path.name for path in staged]
+    assert manifest.is_done(job, out) and not (out / ".staging" / job.video_id).exists()
+
+
+def test_interrupt_keeps_the_recorded_videos_and_says_how_to_resume(video_dir, tmp_path):
+    """Ctrl-C (SIGINT to the process group) during a run with worker processes: one line,
+    no traceback, only recorded shards in ``out``; the rerun does the rest."""
+    src, out = tmp_path / "videos", tmp_path / "out"
+    src.mkdir()
+    for index in range(8):
+        (src / f"pan{index}.mp4").write_bytes((video_dir / "sub" / "pan.mp4").read_bytes())
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tora.prepare_data",
+            f"src={src}",
+            f"out={out}",
+            f"clips.resolution=[{OUTPUT_SIZE},{OUTPUT_SIZE}]",
+            "num_workers=2",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline = time.monotonic() + 180
+    manifest = out / MANIFEST
+    while not (manifest.exists() and '"status": "done"' in manifest.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, "no video recorded"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    interrupted = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert interrupted == [
+        f"prepare_data interrupted: the videos done so far are kept in {out}; "
+        "rerun the same command to resume"
+    ]
+    done = [line for line in read_manifest(out) if line.get("status") == "done"]
+    assert 1 <= len(done) < 8
+    listed = sorted(shard for line in done for shard in line["shards"])
+    assert sorted(path.name for path in out.glob("*.tar")) == listed
+    assert not (out / ".staging").exists()
+
+    summary = prepare(prepare_config(src, out))
+    assert (summary.videos_skipped_done, summary.videos_done) == (len(done), 8 - len(done))
+    assert len(read_samples(out)) == 2 * 8

@@ -10,6 +10,8 @@ videos already done.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
@@ -22,7 +24,15 @@ from tora.utils.config import CONFIG_PATH
 def main(cfg: DictConfig) -> None:
     """Prepare ``cfg.src`` into ``cfg.out`` and print the summary table."""
     console = Console()
-    summary = prepare(as_prepare_config(cfg), console=console)
+    try:
+        summary = prepare(as_prepare_config(cfg), console=console)
+    except KeyboardInterrupt:
+        print(
+            f"prepare_data interrupted: the videos done so far are kept in {cfg.out}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     console.print(summary_table(summary))
 
 

@@ -7,7 +7,9 @@ process or in ``num_workers`` spawned processes (:mod:`~tora.data.prepare.pool`)
 ``{split}-{H}x{W}-{video_id}-{n:06d}.tar`` (``video_id``: the first 12 hex digits
 of the SHA-1 of the video's path relative to ``src``; keys
 ``{video_id}-s{scene:04d}-c{clip:03d}``), written in ``out/.staging/`` and moved
-into ``out`` when the video is complete. ``manifest.jsonl`` gets one line per
+into ``out`` by the main process right after it writes the video's manifest lines
+(a Ctrl-C waits for both), so ``out`` never holds a shard that no ``done`` line
+lists, even after a crash. ``manifest.jsonl`` gets one line per
 rejected scene, per clip candidate (kept or rejected, with its reason and
 scores) and, last, one per video (``done``, ``failed`` with the error, or
 ``skipped`` as already done). ``summary.json`` describes the latest run.
@@ -24,6 +26,9 @@ delete its line or use a new ``out`` to redo it.
 a decoding error) fails that video only: it is reported in the manifest and
 summary with the error, and its staged output is discarded. A worker process
 that dies fails the videos it was running; the pool is restarted for the rest.
+
+**Interrupting** (Ctrl-C): the videos recorded so far stay done; videos in flight
+are dropped with their staged output; a rerun resumes.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,7 @@ from tora.data.prepare.summary import SUMMARY, RunSummary
 from tora.data.prepare.video import (
     STAGING,
     VideoJob,
+    VideoResult,
     build_tools,
     prepare_video,
     settings_fingerprint,
@@ -98,6 +109,43 @@ def plan_jobs(
     return jobs, skipped
 
 
+def remove_shards(out: Path, job: VideoJob) -> None:
+    """The video's shards from an earlier run: it is redone, and until its new ``done``
+    line ``out`` must not hold samples the manifest does not list as done."""
+    for stale in out.glob(f"*-{job.video_id}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        stale.unlink()
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """A SIGINT during the block raises ``KeyboardInterrupt`` after it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def record_result(result: VideoResult, manifest: Manifest, out: Path) -> None:
+    """Append the video's manifest lines, then move its staged shards into ``out``.
+
+    Lines first: a crash between the two leaves a ``done`` line whose shards are
+    missing, which the next run redoes, never shards without a line.
+    """
+    with sigint_deferred():
+        manifest.append(result.records)
+        for shard in result.staged:
+            os.replace(shard, out / Path(shard).name)
+    if result.staged:
+        shutil.rmtree(Path(result.staged[0]).parent, ignore_errors=True)
+
+
 def prepare(config: PrepareConfig, console: Console | None = None) -> RunSummary:
     """Prepare every video under ``config.src`` into ``config.out``; returns the run's
     summary (also written to ``out/summary.json``)."""
@@ -120,6 +168,8 @@ def prepare(config: PrepareConfig, console: Console | None = None) -> RunSummary
     # Built here even for worker processes: a bad setting (e.g. a missing RAFT
     # weights file) stops the run before any video is touched.
     tools = build_tools(config)
+    for job in jobs:
+        remove_shards(out, job)
     if config.num_workers == 0:
         results = (prepare_video(job, config, tools, out) for job in jobs)
     else:
@@ -133,15 +183,19 @@ def prepare(config: PrepareConfig, console: Console | None = None) -> RunSummary
         console=console,
         disable=not config.progress,
     )
-    with progress:
-        task = progress.add_task("videos", total=len(jobs), kept=0, failed=0)
-        for result in results:
-            manifest.append(result.records)
-            summary.add(result)
-            if result.status == "failed":
-                log.warning("failed: %s: %s", result.job.relative, result.records[-1]["error"])
-            progress.update(task, advance=1, kept=summary.clips_kept, failed=summary.videos_failed)
-    shutil.rmtree(out / STAGING, ignore_errors=True)
+    try:
+        with progress:
+            task = progress.add_task("videos", total=len(jobs), kept=0, failed=0)
+            for result in results:
+                record_result(result, manifest, out)
+                summary.add(result)
+                if result.status == "failed":
+                    log.warning("failed: %s: %s", result.job.relative, result.records[-1]["error"])
+                progress.update(
+                    task, advance=1, kept=summary.clips_kept, failed=summary.videos_failed
+                )
+    finally:
+        shutil.rmtree(out / STAGING, ignore_errors=True)
     summary.finish(time.perf_counter() - start, manifest)
     (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
     return summary

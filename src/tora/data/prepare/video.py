@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,9 @@ class VideoResult:
     """``done`` or ``failed``."""
     records: list[dict[str, Any]]
     """Manifest lines, the video's own line last."""
+    staged: list[str] = field(default_factory=list)
+    """Complete shards in ``out/.staging/<video_id>/``, for the main process to move
+    into ``out`` when it records the video."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -106,40 +108,35 @@ def clip_seed(seed: int, key: str) -> int:
 
 
 def prepare_video(job: VideoJob, config: PrepareConfig, tools: Tools, out: Path) -> VideoResult:
-    """Prepare one video into ``out``; never raises for a bad video (it is ``failed``)."""
+    """Prepare one video into shards staged in ``out/.staging/<video_id>/``; never
+    raises for a bad video (it is ``failed``, with nothing staged). ``out`` itself
+    is left to the main process (:func:`tora.data.prepare.run.record_result`)."""
     start = time.perf_counter()
     timer = StageTimer()
-    # The video's shards from an earlier run go first, so that whatever happens
-    # next, ``out`` never holds samples the manifest does not list as done.
-    for stale in out.glob(f"*-{job.video_id}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        stale.unlink()
     staging = out / STAGING / job.video_id
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     video_line: dict[str, Any] = {"kind": "video", "video": job.relative, "split": job.split}
     try:
-        records, shards, stats = _prepare_clips(job, config, tools, staging, timer)
-        for shard in shards:
-            os.replace(shard, out / Path(shard).name)
+        records, staged, stats = _prepare_clips(job, config, tools, staging, timer)
         status = "done"
         video_line.update(
             status="done",
             size=job.size,
             mtime_ns=job.mtime_ns,
             settings=settings_fingerprint(config),
-            shards=[Path(shard).name for shard in shards],
+            shards=[Path(shard).name for shard in staged],
             **stats,
         )
     # A batch run over thousands of files must survive any one of them; the error
     # is recorded in the manifest and the summary.
     except Exception as error:
-        records, status = [], "failed"
+        records, staged, status = [], [], "failed"
         video_line.update(status="failed", reason="error", error=f"{type(error).__name__}: {error}")
-    finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
     video_line["seconds"] = round(seconds, 3)
-    return VideoResult(job, status, [*records, video_line], dict(timer.seconds), seconds)
+    return VideoResult(job, status, [*records, video_line], staged, dict(timer.seconds), seconds)
 
 
 def _prepare_clips(
