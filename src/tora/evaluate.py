@@ -176,11 +176,50 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     metrics["tracker_floor_on_real_clips"] = floors[cfg.tracker]["trajerror"]
     metrics["tracker_floors"] = {t: floor["trajerror"] for t, floor in floors.items()}
+    # The real clips through the model's VAE: the floor any model generating through it meets.
+    rebuilt = reconstructions(pipeline, clips, cfg.batch_size)
+    metrics["vae_psnr"] = psnr(real, np.stack(rebuilt))
+    metrics["tracker_floors_vae"] = {
+        tracker: trajectory_errors(cfg, tracker, clips, rebuilt, reference)["trajerror"]
+        for tracker in trackers
+    }
+    if "no_control" in metrics["variants"]:
+        metrics["control"] = control_summary(metrics, cfg.tracker)
 
     write_report(cfg, out_dir, clips, generated, metrics)
     log_tensorboard(cfg, clips, generated, metrics)
     print_metrics(metrics)
     return metrics
+
+
+@torch.no_grad()
+def reconstructions(pipeline: ToraPipeline, clips: list[dict], batch_size: int) -> list[np.ndarray]:
+    """``decode(encode(clip))`` of every real clip through the pipeline's VAE, uint8."""
+    vae, rebuilt = pipeline.components.vae, []
+    for start in range(0, len(clips), batch_size):
+        frames = np.stack([c["video"] for c in clips[start : start + batch_size]])
+        video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        decoded = vae.decode_latents(vae.encode_latents(video.to(pipeline.device)))
+        rebuilt += [as_uint8_frames(clip) for clip in decoded]
+    return rebuilt
+
+
+def psnr(real: np.ndarray, videos: np.ndarray) -> float:
+    """PSNR in dB of uint8 videos against the real ones, over all pixels."""
+    mse = np.mean((real.astype(np.float64) - videos.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def control_summary(metrics: dict, tracker: str) -> dict:
+    """The paper-style ratio (no control / Tora) and the share of the reachable gap
+    closed, (no control - Tora) / (no control - the VAE floor), for ``tracker``."""
+    ours = metrics["variants"]["tora"]["by_tracker"][tracker]["trajerror"]
+    none = metrics["variants"]["no_control"]["by_tracker"][tracker]["trajerror"]
+    floor = metrics["tracker_floors_vae"][tracker]
+    return {
+        "ratio": none / ours if ours > 0 else float("inf"),
+        "gap_closed": (none - ours) / (none - floor) if none > floor else float("nan"),
+    }
 
 
 def trajectory_errors(cfg, tracker: str, clips, videos, reference) -> dict:
@@ -233,6 +272,19 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
         if isinstance(row[metric], dict)
     }
     lines += [f"\n{metric.upper()} unavailable: {reason}" for metric, reason in unavailable.items()]
+    lines += [
+        "",
+        f"The real clips through the model's VAE: PSNR {metrics['vae_psnr']:.2f} dB; TrajError "
+        + ", ".join(f"`{t}` {v:.2f} px" for t, v in metrics["tracker_floors_vae"].items())
+        + " (the floor a model generating through this VAE meets).",
+    ]
+    if "control" in metrics:
+        control = metrics["control"]
+        lines.append(
+            f"No control / Tora: {control['ratio']:.2f}x; share of the reachable gap closed, "
+            f"(no control - Tora) / (no control - VAE floor): {control['gap_closed']:.2f} "
+            f"(`{cfg.tracker}`)."
+        )
     lines += ["", "Rows per clip: ground truth, Tora (requested tracks drawn), no control.", ""]
     for i, clip in enumerate(clips[: cfg.report_clips]):
         rows = [frame_strip(clip["video"], clip["tracks"], cfg.report_frames)]
@@ -254,6 +306,7 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
 
 def log_tensorboard(cfg, clips, generated, metrics) -> None:
     writer = SummaryWriter(str(Path(cfg.paths.log_dir) / "tensorboard" / "evaluate"))
+    writer.add_scalar("eval/vae_psnr", metrics["vae_psnr"], 0)
     for name, row in metrics["variants"].items():
         writer.add_scalar(f"eval/{name}/trajerror", row["trajerror"], 0)
         for tracker, result in row["by_tracker"].items():
@@ -282,7 +335,18 @@ def print_metrics(metrics: dict) -> None:
             fmt(row["clipsim"], 4),
             f"{row['seconds_per_clip']:.2f}",
         )
+    for label, floors in (
+        ("real clips (tracker floor)", metrics["tracker_floors"]),
+        ("VAE reconstructions (floor)", metrics["tracker_floors_vae"]),
+    ):
+        table.add_row(label, *[f"{v:.2f}" for v in floors.values()], "", "", "")
     Console().print(table)
+    if "control" in metrics:
+        control = metrics["control"]
+        Console().print(
+            f"VAE PSNR {metrics['vae_psnr']:.2f} dB; no control / Tora {control['ratio']:.2f}x; "
+            f"gap closed {control['gap_closed']:.2f}"
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")

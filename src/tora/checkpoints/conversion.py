@@ -108,7 +108,7 @@ def convert_checkpoint(
 
     checkpoint = read_checkpoint(source)
     state_dict, hyper_parameters = checkpoint.state_dict, checkpoint.hyper_parameters
-    prefixes, warnings = [""], []
+    prefixes, warnings = [""], list[str]()
     if tora_modules_only:
         state_dict, prefixes, warnings = select_tora_modules(
             state_dict, hyper_parameters, include, source

@@ -19,17 +19,19 @@ velocity.
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from einops import reduce
 
 ModelFn = Callable[..., torch.Tensor]
 
+TimeT = TypeVar("TimeT", torch.Tensor, float)
 PREDICTIONS = {"noise_minus_data": 1.0, "data_minus_noise": -1.0}
 SAMPLE_METHODS = ("logit-normal", "uniform")
 
 
-def shift_timesteps(t: torch.Tensor | float, shift: float) -> torch.Tensor | float:
+def shift_timesteps(t: TimeT, shift: float) -> TimeT:
     """``t' = shift * t / (1 + (shift - 1) * t)``: monotone, fixes 0 and 1, identity at shift 1.
 
     shift > 1 moves t towards 1 (more noise), which larger and longer videos
