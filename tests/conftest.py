@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +23,11 @@ SHORT = [
     "trainer.log_every_n_steps=1",
 ]
 STAGES = ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]
+
+# One compute thread, here and in the subprocesses tests start: the models are tiny, and on
+# a small shared CPU OpenMP threads spin-waiting for busy cores slow every step many times.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
