@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tora.checkpoints import load_weights_from, read_hyper_parameters
+from tora.checkpoints import load_weights, load_weights_from, read_hyper_parameters, read_state_dict
 from tora.diffusion import RectifiedFlow
 from tora.models.fusers import MotionGuidance
 from tora.models.motion_encoders import VAE_KINDS, MotionEncoder, build_motion_encoder
+from tora.models.opensora_vae import OpenSoraVAE
 from tora.models.stdit3 import STDiT3, STDiT3Config
 from tora.models.text_encoders import CaptionEncoder, T5TextEncoder, TextEncoder
 from tora.models.tora import Tora
@@ -38,6 +39,7 @@ def build_stdit3(**config: Any) -> STDiT3:
 TARGETS: dict[str, Callable[..., nn.Module]] = {
     "tora.models.stdit3.STDiT3": build_stdit3,
     "tora.models.vae.CausalVAE3D": CausalVAE3D,
+    "tora.models.opensora_vae.OpenSoraVAE": OpenSoraVAE,
     "tora.models.text_encoders.CaptionEncoder": CaptionEncoder,
     "tora.models.text_encoders.T5TextEncoder": T5TextEncoder,
 }
@@ -89,7 +91,7 @@ class ToraComponents:
     """
 
     model: Tora
-    vae: CausalVAE3D
+    vae: CausalVAE3D | OpenSoraVAE
     text_encoder: TextEncoder
     motion_encoder: MotionEncoder | None
     flow: RectifiedFlow
@@ -157,16 +159,20 @@ def build_vae(
     checkpoint: str | Path | None = None,
     require_statistics: bool = True,
     source: str = "model.vae",
-) -> CausalVAE3D:
-    """A :class:`CausalVAE3D`, loaded from ``checkpoint`` (its ``vae.`` entries) after
-    checking that it was trained with this architecture and, for a frozen VAE the
-    diffusion stages use, that its latent statistics were fitted."""
+) -> CausalVAE3D | OpenSoraVAE:
+    """The VAE ``cfg`` names, loaded from ``checkpoint`` (its ``vae.`` entries, or a bare
+    VAE file) after checking that it was trained with this architecture and, for a frozen
+    VAE the diffusion stages use, that its latent statistics were fitted."""
     vae = instantiate("vae", cfg, source)
     if checkpoint:
         trained_here = isinstance(vae, CausalVAE3D)  # the VAEs this project trains and normalises
         if trained_here:
             check_same_vae(checkpoint, cfg)
-        load_weights_from(vae, checkpoint, prefix="vae.")
+        # A checkpoint of this project holds the VAE under vae.*; a bare VAE file (OpenSora's
+        # release) holds nothing else.
+        state_dict = read_state_dict(checkpoint)
+        prefix = "vae." if any(key.startswith("vae.") for key in state_dict) else ""
+        load_weights(vae, state_dict, checkpoint, prefix=prefix)
         if trained_here and require_statistics:
             check_latent_statistics(vae, checkpoint)
     return vae

@@ -16,6 +16,7 @@ import torch
 from einops import reduce
 from torch import nn
 
+from tora.models.opensora_vae import OpenSoraVAE
 from tora.models.vae import CausalVAE3D
 
 
@@ -32,7 +33,7 @@ class VAEMotionEncoder(MotionEncoder):
     Used for both the dedicated motion VAE and the reused video VAE.
     """
 
-    def __init__(self, vae: CausalVAE3D):
+    def __init__(self, vae: CausalVAE3D | OpenSoraVAE):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
 
@@ -114,7 +115,7 @@ POOLING_ENCODERS = {"avg_pool": AvgPoolMotionEncoder, "frame_sampling": FrameSam
 def build_motion_encoder(
     kind: str,
     out_channels: int = 4,
-    vae: CausalVAE3D | None = None,
+    vae: CausalVAE3D | OpenSoraVAE | None = None,
     spatial_factor: int = 8,
     temporal_factor: int = 4,
 ) -> MotionEncoder:

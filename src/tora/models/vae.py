@@ -416,6 +416,8 @@ class CausalVAE3D(nn.Module):
     filled from data by ``set_latent_statistics`` (identity by default).
     """
 
+    # The latent normalisation buffers a VAE training run refits before each save.
+    statistics_buffers = ("latent_shift", "latent_scale")
     latent_shift: torch.Tensor
     latent_scale: torch.Tensor
 

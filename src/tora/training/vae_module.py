@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tora.models.build import build_vae
+from tora.models.opensora_vae import OpenSoraVAE
 from tora.models.vae import CausalVAE3D
 from tora.motion import MotionRGBConfig
 from tora.training.logging import log_parameter_counts, log_video_grid
@@ -40,7 +41,7 @@ class VAEModule(L.LightningModule):
 
     def __init__(
         self,
-        net: CausalVAE3D,
+        net: CausalVAE3D | OpenSoraVAE,
         vae: dict[str, Any],
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
@@ -161,7 +162,7 @@ class VAEModule(L.LightningModule):
             self.fit_latent_statistics()
             self.statistics_step = self.global_step
         # The state dict was gathered before this hook.
-        for name in ("latent_shift", "latent_scale"):
+        for name in self.vae.statistics_buffers:
             checkpoint["state_dict"][f"vae.{name}"] = getattr(self.vae, name).detach().clone()
 
     @torch.no_grad()
