@@ -243,7 +243,9 @@ def build_tora(
             encoder_vae = build_vae(vae_cfg, checkpoint, source=f"{source}.motion_encoder")
             if kind == "motion_vae" and checkpoint:
                 check_same_motion_rgb(checkpoint, motion_rgb)
-        motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **encoder_cfg)
+        # The pooling encoders compress as the video VAE does, onto its latent grid.
+        factors = {"spatial_factor": vae.spatial_factor, "temporal_factor": vae.temporal_factor}
+        motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **factors, **encoder_cfg)
 
     diffusion_cfg = {
         k: v
@@ -255,6 +257,6 @@ def build_tora(
         vae=vae.requires_grad_(False).eval(),
         text_encoder=text_encoder,
         motion_encoder=motion_encoder,
-        flow=RectifiedFlow(**diffusion_cfg),
+        flow=RectifiedFlow(**{"spatial_compression": vae.spatial_factor, **diffusion_cfg}),
         motion_rgb=motion_rgb,
     )
