@@ -205,7 +205,7 @@ def test_resize_center_crop_non_square():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"num_frames": 16}, r"4k\+1"),
+        ({"num_frames": 0}, "a positive frame count expected, got 0"),
         ({"resampled": True}, "epoch_length"),
     ],
 )
