@@ -4,7 +4,6 @@ motion VAE on flow-RGB maps (initialised from the video VAE, as in the paper).""
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import lightning as L
@@ -63,8 +62,10 @@ class VAEModule(L.LightningModule):
         self.motion_rgb = MotionRGBConfig(**(motion_rgb or {}))
         if compile:
             self.vae.compile()
-        # The global step the latent statistics were last fitted at (None: never).
+        # The global step the latent statistics were last fitted at (None: never), and
+        # the first training clips (whole, uncropped), which they are fitted on.
         self.statistics_step: int | None = None
+        self.statistics_clips: list[torch.Tensor] = []
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> VAEModule:
@@ -112,7 +113,10 @@ class VAEModule(L.LightningModule):
         return clips[:, :, t, h, w]
 
     def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        target = self.random_crop(self.target(batch))
+        clips = self.target(batch)
+        if self.training and len(self.statistics_clips) < self.hparams.latent_statistics_batches:
+            self.statistics_clips.append(clips.detach().to("cpu", copy=True))
+        target = self.random_crop(clips)
         reconstruction, posterior = self.vae(target)
         reconstruction_loss = F.l1_loss(reconstruction, target)
         kl = posterior.kl().mean()
@@ -168,20 +172,9 @@ class VAEModule(L.LightningModule):
     @torch.no_grad()
     def fit_latent_statistics(self) -> None:
         """Per-channel mean and std of the posterior modes of the first
-        ``latent_statistics_batches`` training batches."""
-        if self.trainer is None or self.trainer.datamodule is None:
-            return
-        latents = []
-        loader = self.trainer.datamodule.train_dataloader()
-        # A save mid-run must not shift the random streams training continues with.
-        python_state = random.getstate()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            for i, batch in enumerate(loader):
-                if i >= self.hparams.latent_statistics_batches:
-                    break
-                batch = self.transfer_batch_to_device(batch, self.device, 0)
-                latents.append(self.vae.encode(self.target(batch)).mode())
-        random.setstate(python_state)
+        ``latent_statistics_batches`` training batches this run has seen (kept, so a save
+        reads no data and draws no random numbers)."""
+        latents = [self.vae.encode(clips.to(self.device)).mode() for clips in self.statistics_clips]
         if not latents:
             log.warning("no training batch to fit latent statistics; keeping shift 0, scale 1")
             return
