@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from tora.data.buckets import batches_by_size, nearest_bucket
 from tora.data.issues import DataIssueCounter
 from tora.data.schema import decode_sample
 from tora.data.shards import split_by_rank
@@ -51,6 +53,7 @@ class ClipBatches(IterableDataset):
         shuffle_buffer: int,
         counter: DataIssueCounter,
         seed: int,
+        buckets: list[tuple[int, int]] | None = None,
     ):
         super().__init__()
         self.shards = shards
@@ -67,6 +70,7 @@ class ClipBatches(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter
         self.seed = seed
+        self.buckets = buckets
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,8 +91,18 @@ class ClipBatches(IterableDataset):
         if share == 0:
             return
         seed = stream_seed(self.seed, int(self.epoch), self.rank, worker_id)
-        samples = self.sample_pipeline(seed).with_epoch(share * self.batch_size)
-        batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+        if self.buckets:
+            # Enough samples that, however they fall into the buckets, ``share`` fill up.
+            spare = (len(self.buckets) - 1) * (self.batch_size - 1)
+            samples = self.sample_pipeline(seed).with_epoch(share * self.batch_size + spare)
+            batches = itertools.islice(
+                batches_by_size(samples, self.batch_size, self.collate), share
+            )
+        else:
+            samples = self.sample_pipeline(seed).with_epoch(share * self.batch_size)
+            batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(
+                samples
+            )
         produced = 0
         for batch in batches:
             produced += 1
@@ -133,8 +147,10 @@ class ClipBatches(IterableDataset):
         start = frame_window_start(len(clip.frames), self.num_frames, generator)
         frames, flow, tracks = take_frame_window(clip, start, self.num_frames)
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        height, width = frames.shape[1], frames.shape[2]
+        size = nearest_bucket(height, width, self.buckets) if self.buckets else self.resolution
         video, flow, tracks = resize_center_crop(
-            video, torch.from_numpy(flow), torch.from_numpy(tracks), self.resolution
+            video, torch.from_numpy(flow), torch.from_numpy(tracks), size
         )
         return {
             "video": (video / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3),

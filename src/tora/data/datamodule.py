@@ -80,6 +80,9 @@ class ShardDataModule(L.LightningDataModule):
         val_batches: cap on validation batches per rank (None: all full batches).
         seed: seed of the sample streams (shard and sample order, frame windows) of
             every epoch, rank and worker (None: a fresh one, kept in checkpoints).
+        buckets: ``[[H, W], ...]``: each clip is resized and cropped to the bucket nearest
+            its aspect ratio instead of ``resolution`` (:mod:`tora.data.buckets`), and each
+            batch holds clips of one bucket (None: every clip at ``resolution``).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class ShardDataModule(L.LightningDataModule):
         val_batches: int | None = None,
         pin_memory: bool = False,
         seed: int | None = None,
+        buckets: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         # Which frame counts work is the VAE's rule, checked by the model before training.
@@ -105,6 +109,10 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_frames: a positive frame count expected, got {num_frames}")
         if len(resolution) != 2 or any(int(v) < 1 for v in resolution):
             raise ValueError(f"data.resolution: [H, W] positive expected, got {list(resolution)}")
+        if buckets is not None and (
+            not buckets or any(len(b) != 2 or int(min(b)) < 1 for b in buckets)
+        ):
+            raise ValueError(f"data.buckets: a list of [H, W] positive expected, got {buckets}")
         if batch_size < 1 or num_workers < 0 or max_tracks < 0:
             raise ValueError(
                 "data.batch_size >= 1, data.num_workers >= 0 and data.max_tracks >= 0 expected, "
@@ -119,6 +127,7 @@ class ShardDataModule(L.LightningDataModule):
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.resolution = (int(resolution[0]), int(resolution[1]))
+        self.buckets = [(int(h), int(w)) for h, w in buckets] if buckets else None
         self.num_frames = num_frames
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -241,6 +250,7 @@ class ShardDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             counter=counter,
             seed=self.seed,
+            buckets=self.buckets,
         )
         return ResumableLoader(dataset, num_workers, self.pin_memory)
 

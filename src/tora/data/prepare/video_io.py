@@ -12,7 +12,6 @@ one scene (at most ``max_seconds``) of small frames, whatever the video length.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from tora.data.buckets import nearest_bucket
 from tora.data.prepare.scenes import ContentDetector, Scene
 from tora.data.prepare.timing import StageTimer
 
@@ -48,9 +48,7 @@ def choose_bucket(
     ratio is closest to the video's (distance of log aspect ratios)."""
     if not buckets:
         return int(resolution[0]), int(resolution[1])
-    aspect = math.log(width / height)
-    best = min(buckets, key=lambda bucket: abs(math.log(bucket[1] / bucket[0]) - aspect))
-    return int(best[0]), int(best[1])
+    return nearest_bucket(height, width, buckets)
 
 
 def cover_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
