@@ -14,10 +14,12 @@ from pathlib import Path
 import cv2
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tora.data.schema import encode_video
 from tora.inference import GenerationConfig, GenerationRequest, ToraPipeline
+from tora.models.cogvideox import find_layout
 from tora.motion import draw_tracks, load_tracks, write_tracks_json
 from tora.utils.config import CONFIG_PATH
 from tora.utils.device import resolve_device
@@ -66,12 +68,30 @@ def save_video(path: Path, frames: np.ndarray, fps: float) -> None:
     path.write_bytes(encode_video(frames, fps))
 
 
+def model_config(cfg: DictConfig) -> dict | None:
+    """The components ``model=`` names (used with released Tora weights), resolved. A
+    Tora_T2V_diffusers download holds its own VAE and T5: it is ``model.pretrained``
+    unless that is given."""
+    if cfg.get("model") is None:
+        return None
+    if OmegaConf.is_missing(cfg.model, "pretrained") and find_layout(cfg.ckpt) == "diffusers":
+        cfg.model.pretrained = str(cfg.ckpt)
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
 def sample(cfg: DictConfig) -> list[Path]:
     """Generate every prompt of ``cfg``; returns the written mp4 paths."""
     height, width = cfg.resolution
     settings = GenerationConfig.from_mapping(cfg)
     device = resolve_device(cfg.device)
-    pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
+    pipeline = ToraPipeline.from_checkpoint(
+        cfg.ckpt,
+        cfg.get("base_ckpt"),
+        device=device,
+        model_config=model_config(cfg),
+        dtype=getattr(torch, cfg.dtype) if cfg.get("dtype") else None,
+        cpu_offload=cfg.cpu_offload,
+    )
     tracks = (
         load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
     )

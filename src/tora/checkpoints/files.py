@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from numpy._core.multiarray import _reconstruct
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
@@ -42,15 +44,25 @@ class CheckpointError(ValueError):
 
 
 def safe_globals() -> list[Any]:
-    """The non-container types DeepSpeed's checkpoint files hold (enums and a named tuple),
-    imported only when DeepSpeed is installed."""
+    """The non-container types checkpoint files hold: DeepSpeed's (enums and a named tuple,
+    when DeepSpeed is installed), and the numpy array of the random state SwissArmyTransformer
+    saves beside the weights (``np_rng_state`` in the released Tora's SAT files), pickled by
+    numpy 2 or, under its old module name, numpy 1."""
+    reconstruct = _reconstruct
+    arrays = [
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
     try:
         from deepspeed.runtime.fp16.loss_scaler import LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
     except ImportError:
-        return []
-    return [LossScaler, ZeroStageEnum, fragment_address]
+        return arrays
+    return [LossScaler, ZeroStageEnum, fragment_address, *arrays]
 
 
 def refused_global(error: Exception) -> str:

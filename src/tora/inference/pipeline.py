@@ -6,7 +6,10 @@ through the function training uses (``tora.motion.tracks_to_motion_rgb``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import inspect
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import track
+from torch import nn
 
 from tora.inference.loading import load_components
 from tora.models.build import ToraComponents
@@ -40,12 +44,15 @@ class GenerationConfig:
     branches, CFG on the text only, as the Tora release).
     ``motion_guidance_scale``: guide the motion with its own scale from a third,
     text-only branch (InstructPix2Pix's two scales; implies ``motion_in_guidance``).
+    ``dynamic_cfg``: the Tora release's CFG schedule for the CogVideoX DPM sampler,
+    see :func:`guidance_scale`.
     """
 
     steps: int = 30
     cfg_scale: float = 7.0
     motion_in_guidance: bool = True
     motion_guidance_scale: float | None = None
+    dynamic_cfg: bool = False
     seed: int = 0
     fps: float = 8.0
 
@@ -53,6 +60,16 @@ class GenerationConfig:
     def from_mapping(cls, config: Mapping[str, Any]) -> GenerationConfig:
         """The settings out of a larger config (``sample.yaml``, ``evaluate.yaml``)."""
         return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+
+def guidance_scale(config: GenerationConfig, model_timestep: float) -> float:
+    """``cfg_scale``, or with ``dynamic_cfg`` the release's schedule at the backbone's
+    timestep ``tau`` (0 .. 999) of an ``N``-step run, ``1 + s (1 - cos(pi ((N - tau) / N)^5)) / 2``,
+    written as diffusers' ``CogVideoXPipeline`` and the SAT ``DynamicCFG`` write it."""
+    if not config.dynamic_cfg:
+        return config.cfg_scale
+    phase = ((config.steps - model_timestep) / config.steps) ** 5
+    return 1 + config.cfg_scale * (1 - math.cos(math.pi * phase)) / 2
 
 
 @dataclass
@@ -87,12 +104,28 @@ def duplicate_for_cfg(value: Any) -> Any:
 
 
 class ToraPipeline:
-    """Built components in, uint8 videos out; no training wrapper involved."""
+    """Built components in, uint8 videos out; no training wrapper involved.
 
-    def __init__(self, components: ToraComponents, device: str | torch.device = "cpu") -> None:
+    ``dtype``: cast every component (e.g. ``torch.bfloat16`` for CogVideoX-5B; the latents
+    and the sampler stay float32). ``cpu_offload``: keep the text encoder and the VAEs on the
+    CPU except while they run, so that only the denoiser stays on the device.
+    """
+
+    def __init__(
+        self,
+        components: ToraComponents,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        cpu_offload: bool = False,
+    ) -> None:
         self.components = components
         self.device = torch.device(device)
-        components.modules().to(self.device).eval()
+        self.cpu_offload = cpu_offload
+        modules = components.modules()
+        if dtype is not None:
+            modules.to(dtype)
+        (components.model if cpu_offload else modules).to(self.device)
+        modules.eval()
 
     @classmethod
     def from_checkpoint(
@@ -100,8 +133,27 @@ class ToraPipeline:
         ckpt: str | Path,
         base_ckpt: str | Path | None = None,
         device: str | torch.device = "cpu",
+        model_config: Mapping[str, Any] | None = None,
+        dtype: torch.dtype | None = None,
+        cpu_offload: bool = False,
     ) -> ToraPipeline:
-        return cls(load_components(ckpt, base_ckpt), device)
+        """A pipeline over :func:`load_components` (``model_config``: the components to
+        use with released Tora weights)."""
+        components = load_components(ckpt, base_ckpt, model_config)
+        return cls(components, device, dtype, cpu_offload)
+
+    @contextlib.contextmanager
+    def placed(self, module: nn.Module | None) -> Iterator[None]:
+        """``module`` on the device while the block runs, back on the CPU after, under
+        ``cpu_offload``; otherwise it is on the device already."""
+        if not self.cpu_offload or module is None:
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
 
     @property
     def uses_motion(self) -> bool:
@@ -129,15 +181,22 @@ class ToraPipeline:
     def encode_prompts(
         self, requests: list[GenerationRequest]
     ) -> tuple[TextCondition, TextCondition]:
-        """The captions and the unconditional branch's: the negative prompts where given,
-        else the backbone's learned null caption with the captions' mask (OpenSora)."""
+        """The captions and the unconditional branch's (:meth:`null_text`)."""
         encoder = self.components.text_encoder
         y, mask = (t.to(self.device) for t in encoder.encode([r.prompt for r in requests]))
-        if any(r.negative_prompt for r in requests):
-            null_y, null_mask = encoder.encode([r.negative_prompt or "" for r in requests])
-            return TextCondition(y, mask), TextCondition(null_y.to(y), null_mask.to(self.device))
-        null_y = self.components.model.backbone.null_caption(len(requests)).to(y)
-        return TextCondition(y, mask), TextCondition(null_y, mask)
+        text = TextCondition(y, mask)
+        return text, self.null_text(text, [r.negative_prompt for r in requests])
+
+    def null_text(self, text: TextCondition, negative_prompts: list[str | None]) -> TextCondition:
+        """The unconditional branch's caption: the negative prompts where given, else the
+        backbone's learned null caption with the captions' mask (OpenSora), or for a
+        backbone without one the encoded empty caption (CogVideoX)."""
+        backbone = self.components.model.backbone
+        if any(negative_prompts) or not hasattr(backbone, "null_caption"):
+            encoder = self.components.text_encoder
+            null_y, null_mask = encoder.encode([p or "" for p in negative_prompts])
+            return TextCondition(null_y.to(text.y), null_mask.to(self.device))
+        return TextCondition(backbone.null_caption(len(negative_prompts)).to(text.y), text.mask)
 
     @torch.no_grad()
     def generate(
@@ -159,7 +218,8 @@ class ToraPipeline:
         for request in requests:
             self.check_request(request, num_frames, height, width)
         vae = self.components.vae
-        text, null_text = self.encode_prompts(requests)
+        with self.placed(self.components.text_encoder):
+            text, null_text = self.encode_prompts(requests)
         latent_frames, latent_h, latent_w = vae.latent_shape(num_frames, height, width)
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(
@@ -175,14 +235,21 @@ class ToraPipeline:
             extra={"fps": torch.full((len(requests),), float(config.fps), device=self.device)}
         )
         if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
-            latents = self.motion_latents(requests, num_frames, height, width)
+            with self.placed(self.components.motion_encoder):
+                latents = self.motion_latents(requests, num_frames, height, width)
             conditioning.motion_features = self.components.model.motion_guidance.extract(latents)
-        if any(r.image is not None for r in requests):
-            conditioning.frame_mask, conditioning.x_given = self.first_frame_condition(
-                requests, latent_frames, noise
-            )
-        latents = self.denoise(noise, text, null_text, conditioning, config, progress)
-        return np.stack([as_uint8_frames(video) for video in vae.decode_latents(latents)])
+        with self.placed(vae):
+            if any(r.image is not None for r in requests) and self.takes_image_latents:
+                conditioning.extra["image_latents"] = self.image_latents(requests, noise)
+            elif any(r.image is not None for r in requests):
+                conditioning.frame_mask, conditioning.x_given = self.first_frame_condition(
+                    requests, latent_frames, noise
+                )
+        latents = self.denoise(
+            noise, text, null_text, conditioning, config, progress, generator=generator
+        )
+        with self.placed(vae):
+            return np.stack([as_uint8_frames(video) for video in vae.decode_latents(latents)])
 
     @torch.no_grad()
     def denoise(
@@ -193,6 +260,7 @@ class ToraPipeline:
         conditioning: Conditioning,
         config: GenerationConfig,
         progress: bool = False,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Euler integration from t = 1 (``noise [B, C, T, h, w]``) to t = 0 with
         classifier-free guidance; returns the latents at t = 0.
@@ -202,8 +270,12 @@ class ToraPipeline:
         branch runs without the motion, so ``s`` scales text and motion together.
         ``motion_guidance_scale`` ``m``: a third, text-only branch and
         ``v = v_null + s (v_text_only - v_null) + m (v_text - v_text_only)``.
+        ``s`` is :func:`guidance_scale` at each step; a diffusion process whose ``step`` takes
+        a ``generator`` (a stochastic sampler) draws its noise from ``generator``.
         """
         flow, predict = self.components.flow, self.components.predict
+        accepts_generator = "generator" in inspect.signature(flow.step).parameters
+        step_kwargs = {"generator": generator} if accepts_generator else {}
         channels = noise.shape[1]
         motion = conditioning.motion_features
         separate_scales = motion is not None and config.motion_guidance_scale is not None
@@ -233,11 +305,12 @@ class ToraPipeline:
         for t_now, t_next in track(
             list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
         ):
+            scale = guidance_scale(config, float(flow.model_timestep(torch.tensor(t_now))))
             if doubled is not None:
                 timestep = torch.full((2 * x.shape[0],), t_now, device=x.device)
                 output = predict(torch.cat([x, x]), timestep, y=y_in, mask=mask_in, **doubled)
                 v_text, v_null = output[:, :channels].chunk(2)
-                v = v_null + config.cfg_scale * (v_text - v_null)
+                v = v_null + scale * (v_text - v_null)
             else:
                 timestep = torch.full((x.shape[0],), t_now, device=x.device)
                 v_text = predict(x, timestep, y=text.y, mask=text.mask, **with_motion)[:, :channels]
@@ -248,12 +321,12 @@ class ToraPipeline:
                     v_text_only = v_text_only[:, :channels]
                     v = (
                         v_null
-                        + config.cfg_scale * (v_text_only - v_null)
+                        + scale * (v_text_only - v_null)
                         + config.motion_guidance_scale * (v_text - v_text_only)
                     )
                 else:
-                    v = v_null + config.cfg_scale * (v_text - v_null)
-            x = hold_given_frames(flow.step(x, v, t_now, t_next))
+                    v = v_null + scale * (v_text - v_null)
+            x = hold_given_frames(flow.step(x, v, t_now, t_next, **step_kwargs))
         return x
 
     def motion_latents(
@@ -270,10 +343,22 @@ class ToraPipeline:
         rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, self.components.motion_rgb)
         return self.components.motion_encoder.encode(rgb.to(self.device))
 
-    def first_frame_condition(
-        self, requests: list[GenerationRequest], latent_frames: int, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent frame 0 from the given image, held clean during sampling."""
+    @property
+    def takes_image_latents(self) -> bool:
+        """Image-to-video by image latents beside the noisy ones (CogVideoX-I2V), rather
+        than by frames held clean (STDiT3)."""
+        backbone = self.components.model.backbone
+        return backbone.in_channels == 2 * self.components.vae.latent_channels
+
+    def image_latents(self, requests: list[GenerationRequest], noise: torch.Tensor) -> torch.Tensor:
+        """The first frames' latents at latent frame 0, zeros after (diffusers'
+        ``CogVideoXImageToVideoPipeline``), ``[B, C, T, h, w]`` like ``noise``."""
+        latents = torch.zeros_like(noise)
+        latents[:, :, :1] = self.components.vae.encode_latents(self.first_frames(requests))
+        return latents
+
+    def first_frames(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        """The requests' images as one-frame clips ``[B, 3, 1, H, W]`` in [-1, 1]."""
         images = []
         for request in requests:
             if request.image is None:
@@ -281,9 +366,14 @@ class ToraPipeline:
                     "image-to-video: give an image for every prompt of a batch, or none"
                 )
             images.append(torch.from_numpy(request.image).permute(2, 0, 1).float() / 127.5 - 1)
-        first = torch.stack(images)[:, :, None].to(self.device)  # [B, 3, 1, H, W]
+        return torch.stack(images)[:, :, None].to(self.device)
+
+    def first_frame_condition(
+        self, requests: list[GenerationRequest], latent_frames: int, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent frame 0 from the given image, held clean during sampling."""
         x_given = noise.clone()
-        x_given[:, :, :1] = self.components.vae.encode_latents(first)
+        x_given[:, :, :1] = self.components.vae.encode_latents(self.first_frames(requests))
         frame_mask = torch.ones(noise.shape[0], latent_frames, dtype=torch.bool, device=self.device)
         frame_mask[:, 0] = False
         return frame_mask, x_given

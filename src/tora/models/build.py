@@ -20,7 +20,16 @@ import torch
 from torch import nn
 
 from tora.checkpoints import load_weights, load_weights_from, read_hyper_parameters, read_state_dict
-from tora.diffusion import RectifiedFlow
+from tora.diffusion import CogVideoXDiffusion, RectifiedFlow
+from tora.models.cogvideox import (
+    CogVideoXBackbone,
+    CogVideoXMotionGuidance,
+    CogVideoXTora,
+    CogVideoXVAE,
+    build_cogvideox,
+    build_cogvideox_vae,
+    load_pretrained,
+)
 from tora.models.fusers import MotionGuidance
 from tora.models.motion_encoders import VAE_KINDS, MotionEncoder, build_motion_encoder
 from tora.models.opensora_vae import OpenSoraVAE
@@ -42,6 +51,13 @@ TARGETS: dict[str, Callable[..., nn.Module]] = {
     "tora.models.opensora_vae.OpenSoraVAE": OpenSoraVAE,
     "tora.models.text_encoders.CaptionEncoder": CaptionEncoder,
     "tora.models.text_encoders.T5TextEncoder": T5TextEncoder,
+    "tora.models.cogvideox.CogVideoXBackbone": build_cogvideox,
+    "tora.models.cogvideox.CogVideoXVAE": build_cogvideox_vae,
+}
+# The diffusion processes ``model.diffusion._target_`` may name (default: rectified flow).
+DIFFUSIONS: dict[str, Callable[..., RectifiedFlow | CogVideoXDiffusion]] = {
+    "tora.diffusion.RectifiedFlow": RectifiedFlow,
+    "tora.diffusion.CogVideoXDiffusion": CogVideoXDiffusion,
 }
 # What a component config without ``_target_`` builds (files written before it was stored).
 DEFAULT_TARGETS = {
@@ -61,6 +77,7 @@ COMPONENT_KEYS = (
     "diffusion",
     "vae_checkpoint",
     "backbone_checkpoint",
+    "pretrained",
 )
 # Sampling settings stored in the diffusion config by files written before they moved
 # to the generation config; they do not change the model.
@@ -90,11 +107,11 @@ class ToraComponents:
     (``model.backbone.…``, ``vae.…``, ``text_encoder.…``, ``motion_encoder.…``).
     """
 
-    model: Tora
-    vae: CausalVAE3D | OpenSoraVAE
+    model: Tora | CogVideoXTora
+    vae: CausalVAE3D | OpenSoraVAE | CogVideoXVAE
     text_encoder: TextEncoder
     motion_encoder: MotionEncoder | None
-    flow: RectifiedFlow
+    flow: RectifiedFlow | CogVideoXDiffusion
     motion_rgb: MotionRGBConfig | None
 
     def modules(self) -> nn.ModuleDict:
@@ -215,18 +232,19 @@ def build_tora(
     vae = build_vae(vae_cfg, files.get("vae_checkpoint"), source=f"{source}.vae")
     text_encoder = instantiate("text_encoder", config["text_encoder"], source)
     backbone = instantiate("backbone", config["backbone"], source)
-    if backbone.in_channels != vae.latent_channels:
+    cogvideox = isinstance(backbone, CogVideoXBackbone)
+    # CogVideoX-I2V takes image latents beside the noisy ones.
+    denoised_channels = backbone.latent_channels if cogvideox else backbone.in_channels
+    if denoised_channels != vae.latent_channels:
         raise ValueError(
             f"{source}.backbone.in_channels={backbone.in_channels} but the VAE has "
             f"latent_channels={vae.latent_channels}: the backbone denoises the VAE's "
             "latents, set both to the same count"
         )
-    if files.get("backbone_checkpoint"):
-        load_weights_from(backbone, files["backbone_checkpoint"])
 
     guidance = motion_encoder = motion_rgb = None
     if config.get("use_motion", True):
-        guidance = MotionGuidance(
+        guidance = (CogVideoXMotionGuidance if cogvideox else MotionGuidance)(
             hidden_size=backbone.hidden_size,
             depth=backbone.depth,
             latent_channels=vae.latent_channels,
@@ -247,16 +265,35 @@ def build_tora(
         factors = {"spatial_factor": vae.spatial_factor, "temporal_factor": vae.temporal_factor}
         motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **factors, **encoder_cfg)
 
-    diffusion_cfg = {
-        k: v
-        for k, v in dict(config.get("diffusion") or {}).items()
-        if k not in FORMER_DIFFUSION_KEYS
-    }
+    model = CogVideoXTora(backbone, guidance) if cogvideox else Tora(backbone, guidance)
+    if files.get("backbone_checkpoint"):
+        if isinstance(model, CogVideoXTora):  # a transformer folder, or released Tora weights
+            load_pretrained(model, files["backbone_checkpoint"])
+        else:
+            load_weights_from(backbone, files["backbone_checkpoint"])
     return ToraComponents(
-        model=Tora(backbone, guidance),
+        model=model,
         vae=vae.requires_grad_(False).eval(),
         text_encoder=text_encoder,
         motion_encoder=motion_encoder,
-        flow=RectifiedFlow(**{"spatial_compression": vae.spatial_factor, **diffusion_cfg}),
+        flow=build_diffusion(config.get("diffusion") or {}, source, vae.spatial_factor),
         motion_rgb=motion_rgb,
     )
+
+
+def build_diffusion(
+    config: Mapping[str, Any], source: str = "model", spatial_compression: int = 8
+) -> RectifiedFlow | CogVideoXDiffusion:
+    """The diffusion process ``config`` names (``_target_`` in :data:`DIFFUSIONS`,
+    rectified flow by default); sampling keys of older files are dropped. Rectified
+    flow's timestep shift counts pixels through the VAE's ``spatial_compression``."""
+    kwargs = {k: v for k, v in config.items() if k not in FORMER_DIFFUSION_KEYS}
+    target = kwargs.pop("_target_", "tora.diffusion.RectifiedFlow")
+    if target == "tora.diffusion.RectifiedFlow":
+        kwargs.setdefault("spatial_compression", spatial_compression)
+    if target not in DIFFUSIONS:
+        raise ValueError(
+            f"{source}: diffusion._target_ {target!r} is not a diffusion process this project "
+            f"builds; one of {sorted(DIFFUSIONS)} expected"
+        )
+    return DIFFUSIONS[target](**kwargs)

@@ -127,7 +127,9 @@ class AdaptiveNormFuser(MotionFuser):
         if self.norm is None:
             return h
         frames = rearrange(h, "b (t s) c -> (b t) c s", t=T)
-        frames = self.norm(frames.float()).to(h.dtype)
+        weight, bias = self.norm.weight.float(), self.norm.bias.float()  # bf16 models too
+        frames = F.group_norm(frames.float(), self.norm.num_groups, weight, bias, self.norm.eps)
+        frames = frames.to(h.dtype)
         return rearrange(frames, "(b t) c s -> b (t s) c", t=T)
 
     def forward(

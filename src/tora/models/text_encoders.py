@@ -67,11 +67,23 @@ class T5TextEncoder(FrozenEncoderMixin, TextEncoder):
     Args:
         path: directory holding ``config.json``, the weights and the tokenizer
             files (e.g. a download of ``DeepFloyd/t5-v1_1-xxl``).
-        max_length: tokens per caption (300 for OpenSora v1.2).
-        dtype: dtype of the T5 weights and outputs.
+        max_length: tokens per caption (300 for OpenSora v1.2, 226 for CogVideoX).
+        dtype: dtype of the T5 weights and outputs (a ``torch.dtype`` or its name, e.g.
+            ``bfloat16`` in a config).
+        tokenizer_path: the tokenizer's directory when it is not ``path`` (a diffusers
+            download keeps ``text_encoder/`` and ``tokenizer/`` apart).
+        use_attention_mask: mask the padding inside T5; CogVideoX encodes its captions
+            without a mask (diffusers' ``CogVideoXPipeline``, the SAT ``FrozenT5Embedder``).
     """
 
-    def __init__(self, path: str | Path, max_length: int = 300, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        path: str | Path,
+        max_length: int = 300,
+        dtype: torch.dtype | str = torch.float32,
+        tokenizer_path: str | Path | None = None,
+        use_attention_mask: bool = True,
+    ):
         super().__init__()
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -81,11 +93,16 @@ class T5TextEncoder(FrozenEncoderMixin, TextEncoder):
                 f"T5TextEncoder: {path} has no config.json; expected a local T5 checkpoint directory "
                 "(config.json, model weights, tokenizer files), e.g. a download of DeepFloyd/t5-v1_1-xxl"
             )
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path or path, local_files_only=True
+        )
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
         self.model = T5EncoderModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         self.model.eval().requires_grad_(False)
         self.max_length = max_length
         self.output_dim = self.model.config.d_model
+        self.use_attention_mask = use_attention_mask
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +117,8 @@ class T5TextEncoder(FrozenEncoderMixin, TextEncoder):
         device = self.model.device
         input_ids = tokens["input_ids"].to(device)
         mask = tokens["attention_mask"].to(device)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        attention_mask = mask if self.use_attention_mask else None
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return rearrange(hidden, "b l c -> b 1 l c"), mask
 
 

@@ -31,7 +31,12 @@ from tora.utils.video import as_uint8_frames
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_SETS = ("full", "temporal", "tora_modules")
+TRAINABLE_SETS = ("full", "temporal", "tora_modules", "tora_modules_adaln")
+# The backbone part each partial set trains besides the motion guidance, by attribute name.
+TRAINABLE_BACKBONE_PARTS = {
+    "temporal": "temporal_blocks",
+    "tora_modules_adaln": "adaln_modulations",
+}
 TIMESTEP_BUCKETS = 4
 VALIDATION_TIMESTEPS = (0.25, 0.5, 0.75)
 
@@ -74,7 +79,8 @@ class VideoDiffusionModule(L.LightningModule):
         net_config: the component config ``net`` was built from.
         optimizer, scheduler: ``_partial_`` configs (``model/optimizer``, ``model/scheduler``).
         trainable: ``tora_modules`` (TE + fusers, the release), ``temporal`` (+ the
-            backbone's temporal blocks, the paper) or ``full``.
+            backbone's temporal blocks, the paper), ``tora_modules_adaln`` (+ CogVideoX's
+            adaLN modulation, alibaba/Tora issue #28) or ``full``.
         train_text_encoder: whether the text encoder trains.
         init_checkpoint, init_modules: a previous stage's file and the sub-modules
             (dotted paths) initialised from it.
@@ -140,8 +146,14 @@ class VideoDiffusionModule(L.LightningModule):
         self.requires_grad_(False)
         if trainable == "full":
             self.model.backbone.requires_grad_(True)
-        elif trainable == "temporal":
-            self.model.backbone.temporal_blocks.requires_grad_(True)
+        elif trainable in TRAINABLE_BACKBONE_PARTS:
+            part = TRAINABLE_BACKBONE_PARTS[trainable]
+            if not hasattr(self.model.backbone, part):
+                raise ValueError(
+                    f"model.trainable {trainable!r}: {type(self.model.backbone).__name__} has no "
+                    f"{part}; one of {TRAINABLE_SETS} that it has expected"
+                )
+            getattr(self.model.backbone, part).requires_grad_(True)
         if self.model.motion_guidance is not None:
             self.model.motion_guidance.requires_grad_(True)
         if train_text_encoder:
@@ -288,7 +300,8 @@ class VideoDiffusionModule(L.LightningModule):
         motion, beside the real clips and their flow-RGB."""
         n = min(self.validation_config.num_clips, noise.shape[0])
         text = TextCondition(inputs.text.y[:n], inputs.text.mask[:n])
-        null_text = TextCondition(self.model.backbone.null_caption(n).to(text.y), text.mask)
+        pipeline = ToraPipeline(self.components, self.device)
+        null_text = pipeline.null_text(text, [None] * n)
         conditioning = Conditioning(extra={k: v[:n] for k, v in inputs.extra.items()})
         if "motion_latents" in conditioning.extra:  # extracted once, not per step
             latents = conditioning.extra.pop("motion_latents")
@@ -298,9 +311,7 @@ class VideoDiffusionModule(L.LightningModule):
             cfg_scale=self.validation_config.cfg_scale,
             motion_in_guidance=False,
         )
-        latents = ToraPipeline(self.components, self.device).denoise(
-            noise[:n], text, null_text, conditioning, settings
-        )
+        latents = pipeline.denoise(noise[:n], text, null_text, conditioning, settings)
         video = self.vae.decode_latents(latents).clamp(-1, 1)
         rows = [batch["video"][:n]]
         if "motion_rgb" in inputs.motion:
