@@ -157,7 +157,7 @@ class CogVideoXMotionGuidance(nn.Module):
 
     def extract(self, motion_latents: torch.Tensor) -> list[torch.Tensor]:
         """Features in the extractor's dtype (latents may come float32 into a bf16 model)."""
-        return self.extractor(motion_latents.to(self.extractor.conv_in.weight.dtype))
+        return self.extractor(motion_latents.to(next(self.extractor.parameters()).dtype))
 
     def fuse(
         self, index: int, h: torch.Tensor, feature: torch.Tensor, T: int, H: int, W: int
