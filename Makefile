@@ -16,11 +16,11 @@ INSTALLED := $(VENV)/.installed
 #: SHARDS=<folder>  prepare-data: where its shards go (default: data/prepared, from its config)
 #: CKPT_IN=<path>  convert*: a DeepSpeed checkpoint directory or a .ckpt
 #: CKPT_OUT=<file>  convert*: the .safetensors to write
-#: OUTPUT_DIR=<folder>  sample and eval write under it (default outputs, WORLD=128: outputs/world_128)
+#: OUTPUT_DIR=<folder>  sample, demo and eval write under it (default outputs, WORLD=128: outputs/world_128)
 
-# WORLD=128: the tiny world at 128² (the same scenes, objects 4-6.5 latent pixels wide
-# instead of 2-3, so the 8x VAE keeps their shapes; docs/findings.md) with its own
-# shards and checkpoints and backbone patch 2 (the same 8 x 8 tokens per frame).
+# WORLD=128: the tiny world at 128² with the 8x VAE (objects 4-6.5 latent pixels wide, as
+# the 4x VAE gives at 64²; docs/findings.md), its own shards and checkpoints, and backbone
+# patch 2 (the same 8 x 8 tokens per frame).
 WORLD ?= 64
 ifeq ($(WORLD),64)
 DATA_DIR := data/synthetic
@@ -38,7 +38,7 @@ DATA_CONFIGS := configs/synthetic.yaml configs/world/default.yaml configs/world/
 CKPT_DIR := checkpoints_128
 OUTPUT_DIR := outputs/world_128
 WORLD_DATA := world=default_128 out_dir=$(DATA_DIR)
-WORLD_VAE := data=synthetic_128 paths.checkpoint_dir=$(CKPT_DIR)
+WORLD_VAE := data=synthetic_128 paths.checkpoint_dir=$(CKPT_DIR) model/vae=tiny
 WORLD_DIT := $(WORLD_VAE) 'model.backbone.patch_size=[1,2,2]'
 # Errors reported in 64² pixels (comparable with WORLD=64); the LK window scaled with the frame.
 WORLD_EVAL := $(WORLD_VAE) 'reference_size=[64,64]' lucas_kanade.window_size=41
@@ -99,6 +99,9 @@ $(CKPT_DIR)/stage2_traj.ckpt:
 sample: $(CKPT_DIR)/stage2_traj.ckpt ## Generate from the stage-2 checkpoint with the example prompts and tracks (outputs/sample)
 	$(PY) -m tora.sample ckpt=$(CKPT_DIR)/stage2_traj.ckpt prompts_file=examples/prompts.txt \
 		'tracks=[examples/tracks/left_to_right.txt,examples/tracks/arc.txt]' out_dir=$(OUTPUT_DIR)/sample $(WORLD_SAMPLE) $(ARGS)
+
+demo: $(CKPT_DIR)/stage2_traj.ckpt ## Serve the trajectory-drawing page for the stage-2 checkpoint on localhost (prints the address)
+	$(PY) -m tora.demo ckpt=$(CKPT_DIR)/stage2_traj.ckpt out_dir=$(OUTPUT_DIR)/demo $(WORLD_SAMPLE) $(ARGS)
 
 eval: $(CKPT_DIR)/stage2_traj.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
 	$(PY) -m tora.evaluate ckpt=$(CKPT_DIR)/stage2_traj.ckpt out_dir=$(OUTPUT_DIR)/eval $(WORLD_EVAL) $(ARGS)
@@ -169,5 +172,5 @@ clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
-	sample eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
+	sample demo eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
 	prepare-data tensorboard test test-all lint format clean
