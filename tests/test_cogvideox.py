@@ -491,3 +491,36 @@ def test_pipeline_loop_equals_the_cogvideox_pipeline_loop(sampler, dynamic):
         else:
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
     assert torch.allclose(ours, latents, atol=1e-5), (ours - latents).abs().max()
+
+
+def test_image_to_video_feeds_the_image_latents():
+    """CogVideoX-I2V (32 input channels): ``image=`` becomes image latents at latent frame 0,
+    zeros after, beside the noisy latents (diffusers' CogVideoXImageToVideoPipeline)."""
+    from tora.inference import GenerationRequest
+    from tora.models.cogvideox import build_cogvideox_vae
+    from tora.models.text_encoders import CaptionEncoder
+
+    vae = build_cogvideox_vae(
+        block_out_channels=[16] * 4, layers_per_block=1, norm_num_groups=4, scaling_factor=0.7
+    )
+    components = ToraComponents(
+        model=tiny_tora(in_channels=32),
+        vae=vae.eval(),
+        text_encoder=CaptionEncoder(max_length=8, output_dim=32),
+        motion_encoder=None,
+        flow=CogVideoXDiffusion(),
+        motion_rgb=None,
+    )
+    pipeline = ToraPipeline(components)
+    assert pipeline.takes_image_latents
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    seen: list[dict] = []
+    components.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True
+    )
+    request = GenerationRequest("a red circle", image=image)
+    video = pipeline.generate([request], 9, 64, 64, GenerationConfig(steps=2), progress=False)
+    assert video.shape == (1, 9, 64, 64, 3)
+    image_latents = seen[0]["image_latents"]
+    assert image_latents.shape == (2, 16, 3, 8, 8)  # doubled for CFG
+    assert image_latents[:, :, 0].abs().sum() > 0 and not image_latents[:, :, 1:].any()
