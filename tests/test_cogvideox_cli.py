@@ -126,3 +126,31 @@ def test_stage1_cogvideox_tiny_run_lowers_the_loss(tmp_path, synthetic_shards):
     val = [event.value for event in accumulator.Scalars("val/loss")]
     assert len(val) == 4
     assert val[-1] < val[0], val
+
+
+def test_evaluate_a_released_download_on_held_out_clips(tmp_path, tora_download, synthetic_shards):
+    """The release has no evaluation (its issues #43, #48): ours takes it as ckpt= with model=."""
+    from conftest import compose_config
+
+    from tora.evaluate import evaluate
+
+    cfg = compose_config(
+        "evaluate",
+        [
+            "model=cogvideox",
+            f"ckpt={tora_download}",
+            f"data.train_shards={synthetic_shards}/train-*.tar",
+            f"data.val_shards={synthetic_shards}/val-*.tar",
+            f"paths.log_dir={tmp_path}/logs",
+            f"out_dir={tmp_path}/eval",
+            "num_samples=2",
+            "batch_size=2",
+            "steps=2",
+            "motion_in_guidance=false",
+            "device=cpu",
+        ],
+    )
+    metrics = evaluate(cfg)
+    assert set(metrics["variants"]) == {"tora", "no_control"}
+    assert len(metrics["variants"]["tora"]["trajerror_per_clip"]) == 2
+    assert (tmp_path / "eval" / "metrics.json").is_file()

@@ -33,8 +33,8 @@ from tora.metrics import (
     build_fvd,
 )
 from tora.motion import draw_tracks
+from tora.sample import load_pipeline
 from tora.utils.config import CONFIG_PATH
-from tora.utils.device import resolve_device
 from tora.utils.video import as_uint8_frames
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,9 @@ def frame_strip(video: np.ndarray, tracks: torch.Tensor | None, num_frames: int)
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     settings = GenerationConfig.from_mapping(cfg)
     trackers = tracker_names(cfg)  # a bad name fails here, not after the sampling
-    pipeline = ToraPipeline.from_checkpoint(cfg.ckpt, cfg.get("base_ckpt"), device=device)
+    pipeline = load_pipeline(cfg)
     if not pipeline.uses_motion:
         raise ValueError(f"checkpoint {cfg.ckpt}: a Tora checkpoint with motion guidance expected")
     clips = held_out_clips(cfg)

@@ -79,19 +79,24 @@ def model_config(cfg: DictConfig) -> dict | None:
     return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
 
 
-def sample(cfg: DictConfig) -> list[Path]:
-    """Generate every prompt of ``cfg``; returns the written mp4 paths."""
-    height, width = cfg.resolution
-    settings = GenerationConfig.from_mapping(cfg)
-    device = resolve_device(cfg.device)
-    pipeline = ToraPipeline.from_checkpoint(
+def load_pipeline(cfg: DictConfig) -> ToraPipeline:
+    """The pipeline of ``cfg.ckpt`` (and ``base_ckpt``, ``model=``) with the loading
+    settings of the generation group: one loader for sample, evaluate and the demo."""
+    return ToraPipeline.from_checkpoint(
         cfg.ckpt,
         cfg.get("base_ckpt"),
-        device=device,
+        device=resolve_device(cfg.device),
         model_config=model_config(cfg),
         dtype=getattr(torch, cfg.dtype) if cfg.get("dtype") else None,
         cpu_offload=cfg.cpu_offload,
     )
+
+
+def sample(cfg: DictConfig) -> list[Path]:
+    """Generate every prompt of ``cfg``; returns the written mp4 paths."""
+    height, width = cfg.resolution
+    settings = GenerationConfig.from_mapping(cfg)
+    pipeline = load_pipeline(cfg)
     tracks = (
         load_tracks(list(cfg.tracks), width, height, cfg.num_frames) if cfg.get("tracks") else None
     )
