@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -208,11 +208,13 @@ class ToraPipeline:
         config: GenerationConfig | None = None,
         use_motion: bool = True,
         progress: bool = True,
+        step_callback: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Generate a batch; returns uint8 videos ``[B, T, H, W, 3]``.
 
         ``use_motion=False`` runs the same weights without the motion condition (the
-        no-control baseline with identical prompts and seeds).
+        no-control baseline with identical prompts and seeds). ``step_callback(done,
+        total)`` is called after each sampling step (a page's progress bar).
         """
         config = config or GenerationConfig()
         for request in requests:
@@ -246,7 +248,7 @@ class ToraPipeline:
                     requests, latent_frames, noise
                 )
         latents = self.denoise(
-            noise, text, null_text, conditioning, config, progress, generator=generator
+            noise, text, null_text, conditioning, config, progress, step_callback, generator
         )
         with self.placed(vae):
             return np.stack([as_uint8_frames(video) for video in vae.decode_latents(latents)])
@@ -260,6 +262,7 @@ class ToraPipeline:
         conditioning: Conditioning,
         config: GenerationConfig,
         progress: bool = False,
+        step_callback: Callable[[int, int], None] | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Euler integration from t = 1 (``noise [B, C, T, h, w]``) to t = 0 with
@@ -302,8 +305,9 @@ class ToraPipeline:
 
         x = hold_given_frames(noise)
         times = flow.sampling_timesteps(noise.shape, config.steps)
-        for t_now, t_next in track(
-            list(zip(times[:-1], times[1:])), description="sampling", disable=not progress
+        intervals = list(zip(times[:-1], times[1:]))
+        for step, (t_now, t_next) in enumerate(
+            track(intervals, description="sampling", disable=not progress), start=1
         ):
             scale = guidance_scale(config, float(flow.model_timestep(torch.tensor(t_now))))
             if doubled is not None:
@@ -327,6 +331,8 @@ class ToraPipeline:
                 else:
                     v = v_null + scale * (v_text - v_null)
             x = hold_given_frames(flow.step(x, v, t_now, t_next, **step_kwargs))
+            if step_callback is not None:
+                step_callback(step, len(intervals))
         return x
 
     def motion_latents(

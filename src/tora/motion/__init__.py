@@ -1,6 +1,8 @@
-"""Motion representation: trajectory files, displacement maps, flow-RGB, track sampling, drawing."""
+"""Motion representation: trajectory files, displacement maps, flow-RGB, track sampling,
+drawing tracks over videos, and drawing tracks by hand (sketches, preset paths)."""
 
 from tora.motion.draw import draw_tracks, track_colors
+from tora.motion.drawing import DEFAULT_MAX_TRACKS, Sketch, canvas_size
 from tora.motion.flow_rgb import (
     MotionRGBConfig,
     flow_to_rgb,
@@ -13,6 +15,7 @@ from tora.motion.maps import (
     gaussian_smooth,
     tracks_to_displacement_map,
 )
+from tora.motion.presets import PRESET_POINTS, PRESETS, preset_track
 from tora.motion.sampling import sample_tracks_from_flow
 from tora.motion.tracks import (
     TORA_CANVAS,
@@ -24,13 +27,19 @@ from tora.motion.tracks import (
     read_tracks_npy,
     resample_tracks,
     rescale_tracks,
+    write_tora_point_file,
     write_tracks_json,
 )
 
 __all__ = [
+    "DEFAULT_MAX_TRACKS",
+    "PRESETS",
+    "PRESET_POINTS",
     "TORA_CANVAS",
     "MotionRGBConfig",
+    "Sketch",
     "TrackFormatError",
+    "canvas_size",
     "check_tracks_in_canvas",
     "draw_tracks",
     "flow_to_displacement_map",
@@ -39,6 +48,7 @@ __all__ = [
     "load_tracks",
     "middlebury_colorwheel",
     "motion_maps_to_rgb",
+    "preset_track",
     "read_tora_point_file",
     "read_tracks_json",
     "read_tracks_npy",
@@ -48,5 +58,6 @@ __all__ = [
     "track_colors",
     "tracks_to_displacement_map",
     "tracks_to_motion_rgb",
+    "write_tora_point_file",
     "write_tracks_json",
 ]

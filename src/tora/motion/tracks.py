@@ -35,7 +35,7 @@ class TrackFormatError(ValueError):
     """A trajectory file that cannot be read; the message names the file and place."""
 
 
-def _parse_point(value: object, where: str) -> tuple[float, float]:
+def parse_point(value: object, where: str) -> tuple[float, float]:
     """One ``[x, y]`` JSON point -> floats, or an error naming ``where``."""
     if (
         not isinstance(value, list | tuple)
@@ -45,6 +45,19 @@ def _parse_point(value: object, where: str) -> tuple[float, float]:
     ):
         raise TrackFormatError(f"{where}: finite [x, y] expected, got {value!r}")
     return float(value[0]), float(value[1])
+
+
+def parse_canvas(value: object, where: str) -> tuple[int, int]:
+    """A JSON ``canvas`` ``[W, H]`` -> ints, or an error naming ``where``."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise TrackFormatError(
+            f"{where}: 'canvas' [W, H] of positive integers expected, got {value!r}"
+        )
+    return value[0], value[1]
 
 
 def read_tracks_json(path: PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -64,15 +77,7 @@ def read_tracks_json(path: PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
         raise TrackFormatError(
             f"trajectory file {path}: object with keys 'canvas' and 'tracks' expected, got {found}"
         )
-    canvas = document["canvas"]
-    if (
-        not isinstance(canvas, list)
-        or len(canvas) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in canvas)
-    ):
-        raise TrackFormatError(
-            f"trajectory file {path}: 'canvas' [W, H] of positive integers expected, got {canvas!r}"
-        )
+    canvas = parse_canvas(document["canvas"], f"trajectory file {path}")
     raw_tracks = document["tracks"]
     if not isinstance(raw_tracks, list):
         raise TrackFormatError(
@@ -93,13 +98,13 @@ def read_tracks_json(path: PathLike) -> tuple[torch.Tensor, tuple[int, int]]:
             )
         tracks.append(
             [
-                _parse_point(point, f"trajectory file {path} track {track_index} frame {frame}")
+                parse_point(point, f"trajectory file {path} track {track_index} frame {frame}")
                 for frame, point in enumerate(raw_track)
             ]
         )
     length = len(tracks[0]) if tracks else 0
     array = np.asarray(tracks, dtype=np.float32).reshape(len(tracks), length, 2)
-    return torch.from_numpy(array), (canvas[0], canvas[1])
+    return torch.from_numpy(array), canvas
 
 
 def read_tora_point_file(path: PathLike) -> torch.Tensor:
@@ -167,6 +172,18 @@ def write_tracks_json(path: PathLike, tracks: torch.Tensor, canvas: tuple[int, i
         "tracks": torch.as_tensor(tracks).detach().cpu().double().tolist(),
     }
     Path(path).write_text(json.dumps(document), encoding="utf-8")
+
+
+def write_tora_point_file(path: PathLike, track: torch.Tensor, size: tuple[int, int]) -> None:
+    """Write one track ``[T, 2]`` (pixels of a ``size`` (W, H) video) as an official Tora
+    point file: one ``x,y`` line per frame on the 256 x 256 canvas, rounded to integers
+    (the release parses them with ``int``) and kept inside the canvas."""
+    if track.ndim != 2 or track.shape[-1] != 2:
+        raise ValueError(f"write_tora_point_file: track [T, 2] expected, got {list(track.shape)}")
+    points = rescale_tracks(track.detach().cpu().double(), size, TORA_CANVAS).round()
+    points = points.clamp(min=0).minimum(torch.tensor(TORA_CANVAS, dtype=points.dtype) - 1)
+    lines = [f"{int(x)},{int(y)}" for x, y in points.tolist()]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def check_tracks_in_canvas(tracks: torch.Tensor, canvas: tuple[int, int], source: str) -> None:
