@@ -198,7 +198,7 @@ def reconstructions(pipeline: ToraPipeline, clips: list[dict], batch_size: int) 
     for start in range(0, len(clips), batch_size):
         frames = np.stack([c["video"] for c in clips[start : start + batch_size]])
         video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-        decoded = vae.decode_latents(vae.encode_latents(video.to(pipeline.device)))
+        decoded = vae.decode_latents(vae.encode_latents(video.to(pipeline.device)), frames.shape[1])
         rebuilt += [as_uint8_frames(clip) for clip in decoded]
     return rebuilt
 

@@ -251,7 +251,8 @@ class ToraPipeline:
             noise, text, null_text, conditioning, config, progress, step_callback, generator
         )
         with self.placed(vae):
-            return np.stack([as_uint8_frames(video) for video in vae.decode_latents(latents)])
+            decoded = vae.decode_latents(latents, num_frames)
+            return np.stack([as_uint8_frames(video) for video in decoded])
 
     @torch.no_grad()
     def denoise(

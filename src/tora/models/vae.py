@@ -573,11 +573,22 @@ class CausalVAE3D(nn.Module):
         return (z - self._per_channel(self.latent_shift)) * self._per_channel(self.latent_scale)
 
     def decode_latents(
-        self, z: torch.Tensor, chunk_latent_frames: int | None = None
+        self,
+        z: torch.Tensor,
+        num_frames: int | None = None,
+        chunk_latent_frames: int | None = None,
     ) -> torch.Tensor:
-        """Inverse of ``encode_latents``: normalised latents -> video ``[B, C, T, H, W]``."""
+        """Inverse of ``encode_latents``: normalised latents -> video ``[B, C, T, H, W]``.
+
+        ``num_frames``: the clip length asked for (every VAE takes it; this one's is always
+        ``4(t - 1) + 1``, checked)."""
         z = z / self._per_channel(self.latent_scale) + self._per_channel(self.latent_shift)
-        return self.decode(z, chunk_latent_frames)
+        video = self.decode(z, chunk_latent_frames)
+        if num_frames is not None and video.shape[2] != num_frames:
+            raise ValueError(
+                f"{z.shape[2]} latent frames decode to {video.shape[2]} frames, not {num_frames}"
+            )
+        return video
 
     @staticmethod
     def _per_channel(values: torch.Tensor) -> torch.Tensor:

@@ -312,7 +312,7 @@ class VideoDiffusionModule(L.LightningModule):
             motion_in_guidance=False,
         )
         latents = pipeline.denoise(noise[:n], text, null_text, conditioning, settings)
-        video = self.vae.decode_latents(latents).clamp(-1, 1)
+        video = self.vae.decode_latents(latents, batch["video"].shape[2]).clamp(-1, 1)
         rows = [batch["video"][:n]]
         if "motion_rgb" in inputs.motion:
             rows.append(inputs.motion["motion_rgb"][:n])

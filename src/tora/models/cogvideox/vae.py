@@ -74,10 +74,16 @@ class CogVideoXVAE(AutoencoderKLCogVideoX):
             )
         return latents * self.config["scaling_factor"]
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``[B, C, T', h, w]`` -> video ``[B, 3, T, H, W]`` (float32, about [-1, 1])."""
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Scaled latents ``[B, C, T', h, w]`` -> video ``[B, 3, T, H, W]`` (float32, about [-1, 1]);
+        ``num_frames``, when given, is checked against what the latents decode to."""
         latents = latents.to(self.dtype) / self.config["scaling_factor"]
-        return self.decode(latents).sample.float()
+        video = self.decode(latents).sample.float()
+        if num_frames is not None and video.shape[2] != num_frames:
+            raise ValueError(
+                f"{latents.shape[2]} latent frames decode to {video.shape[2]} frames, not {num_frames}"
+            )
+        return video
 
 
 def build_cogvideox_vae(
