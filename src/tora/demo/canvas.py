@@ -32,8 +32,13 @@ def blank_canvas(canvas: tuple[int, int]) -> np.ndarray:
 
 
 def _fixed(point: np.ndarray) -> tuple[int, int]:
+    """Pixel coordinates -> cv2's fixed point (``shift=SUBPIXEL_BITS``)."""
     x, y = np.round(point * (1 << SUBPIXEL_BITS)).astype(int)
     return int(x), int(y)
+
+
+def _fixed_length(pixels: float) -> int:
+    return round(pixels * (1 << SUBPIXEL_BITS))
 
 
 def _arrowhead(image: np.ndarray, points: np.ndarray, color, size: float) -> None:
@@ -60,7 +65,7 @@ def render_sketch(sketch: Sketch, background: np.ndarray) -> np.ndarray:
     colors = track_colors(len(drawn))
     short = min(image.shape[:2])
     thickness = max(2, round(short / 160))
-    radius = max(3.0, short / 60)
+    radius = max(3.0, short / 60)  # of the start ring's number, in pixels
     for number, (track, color) in enumerate(zip(drawn, colors), start=1):
         points = np.asarray(track, dtype=np.float64)
         fixed = np.array([_fixed(p) for p in points], dtype=np.int32)
@@ -76,13 +81,12 @@ def render_sketch(sketch: Sketch, background: np.ndarray) -> np.ndarray:
             )
             _arrowhead(image, points, color, radius * 2.5)
         if len(points) <= MARKED_POINTS:
+            dot = _fixed_length(radius / 2)
             for point in fixed[1:]:
-                cv2.circle(
-                    image, tuple(point), int(radius * 8), color, -1, cv2.LINE_AA, SUBPIXEL_BITS
-                )
-        start = tuple(int(v) for v in fixed[0])
-        cv2.circle(image, start, int(radius * 24), (255, 255, 255), -1, cv2.LINE_AA, SUBPIXEL_BITS)
-        cv2.circle(image, start, int(radius * 24), color, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
+                cv2.circle(image, tuple(point), dot, color, -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        start, ring = tuple(int(v) for v in fixed[0]), _fixed_length(1.5 * radius)
+        cv2.circle(image, start, ring, (255, 255, 255), -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        cv2.circle(image, start, ring, color, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
         scale = radius / 9
         (text_w, text_h), _ = cv2.getTextSize(str(number), cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         origin = (round(points[0, 0] - text_w / 2), round(points[0, 1] + text_h / 2))
