@@ -14,13 +14,25 @@ from tora.train import train
 STEPS = 5  # 8 clips in batches of 2: 4 steps an epoch, so the runs cross an epoch
 
 
-def run(run_dir: Path, shards: Path, steps: int, *overrides: str) -> list[tuple[int, float]]:
-    """Train the video VAE (random crops and posterior samples draw on the global
-    RNG) for ``steps`` steps, validating and saving a checkpoint every 2; returns
+VIDEO_VAE = ["experiment=video_vae"]
+# Stage 1 from scratch: the latent cache on, validation sampling, motion conditions.
+STAGE1 = [
+    "experiment=stage1_flow",
+    "model.vae_checkpoint=null",
+    "model.init_checkpoint=null",
+    "model.motion_encoder.checkpoint=null",
+]
+
+
+def run(
+    run_dir: Path, shards: Path, steps: int, *overrides: str, experiment: list[str] = VIDEO_VAE
+) -> list[tuple[int, float]]:
+    """Train (the video VAE by default: random crops and posterior samples draw on the
+    global RNG) for ``steps`` steps, validating and saving a checkpoint every 2; returns
     ``(step, train/loss)`` from its TensorBoard events."""
     cfg = compose_train(
         [
-            "experiment=video_vae",
+            *experiment,
             "export_checkpoint=null",
             f"trainer.max_steps={steps}",
             "trainer.val_check_interval=2",
@@ -52,4 +64,16 @@ def test_resumed_run_logs_the_straight_runs_losses(
     last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
     resumed = run(tmp_path / "resumed", synthetic_shards, STEPS, data, f"ckpt_path={last}")
     assert [step for step, _ in straight] == list(range(STEPS))
+    assert first + resumed == straight
+
+
+def test_a_resumed_diffusion_stage_logs_the_straight_runs_losses(tmp_path, synthetic_shards):
+    """Stage 1 with its latent cache: validation never fills the cache, so resuming (with
+    an empty cache) trains on exactly the latents the straight run trained on."""
+    straight = run(tmp_path / "straight", synthetic_shards, STEPS, experiment=STAGE1)
+    first = run(tmp_path / "first", synthetic_shards, 2, experiment=STAGE1)
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed = run(
+        tmp_path / "resumed", synthetic_shards, STEPS, f"ckpt_path={last}", experiment=STAGE1
+    )
     assert first + resumed == straight
