@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import grad_norm
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 
 from tora.checkpoints import load_weights, read_state_dict
 from tora.inference import Conditioning, GenerationConfig, TextCondition, ToraPipeline
@@ -131,8 +132,8 @@ class VideoDiffusionModule(L.LightningModule):
         training = {k: v for k, v in config.items() if k not in (*COMPONENT_KEYS, "_target_")}
         return cls(net=build_tora(net_config), net_config=net_config, **training)
 
-    def configure_optimizers(self) -> dict:
-        return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
+        return build_optimizers(self, self.hparams["optimizer"], self.hparams["scheduler"])
 
     # ----------------------------------------------------------------- set-up
     def load_init_checkpoint(self, path: str, modules: Sequence[str]) -> None:
@@ -209,6 +210,7 @@ class VideoDiffusionModule(L.LightningModule):
         """Flow-RGB condition and its latents (empty for the base model)."""
         if self.model.motion_guidance is None:
             return {}
+        assert self.components.motion_rgb is not None  # built with the motion guidance
         source = at_step(self.motion_source, self.global_step)
         condition = motion_condition(batch, source, self.components.motion_rgb, generator)
         with torch.no_grad():
@@ -299,12 +301,14 @@ class VideoDiffusionModule(L.LightningModule):
         """Clips sampled by the inference pipeline's loop from the batch's captions and
         motion, beside the real clips and their flow-RGB."""
         n = min(self.validation_config.num_clips, noise.shape[0])
-        text = TextCondition(inputs.text.y[:n], inputs.text.mask[:n])
+        mask = None if inputs.text.mask is None else inputs.text.mask[:n]
+        text = TextCondition(inputs.text.y[:n], mask)
         pipeline = ToraPipeline(self.components, self.device)
         null_text = pipeline.null_text(text, [None] * n)
         conditioning = Conditioning(extra={k: v[:n] for k, v in inputs.extra.items()})
         if "motion_latents" in conditioning.extra:  # extracted once, not per step
             latents = conditioning.extra.pop("motion_latents")
+            assert self.model.motion_guidance is not None  # motion_inputs made the latents
             conditioning.motion_features = self.model.motion_guidance.extract(latents)
         settings = GenerationConfig(
             steps=self.validation_config.sample_steps,

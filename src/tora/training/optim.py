@@ -6,12 +6,13 @@ import math
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from omegaconf import DictConfig
 
 
 def build_optimizers(
     module: L.LightningModule, optimizer: DictConfig | dict, scheduler: DictConfig | dict | None
-) -> dict:
+) -> OptimizerConfig | OptimizerLRSchedulerConfig:
     """``optimizer`` / ``scheduler`` are ``_partial_: true`` configs (lightning-hydra-template)."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
