@@ -236,10 +236,11 @@ class ToraPipeline:
         conditioning = Conditioning(
             extra={"fps": torch.full((len(requests),), float(config.fps), device=self.device)}
         )
-        if use_motion and self.uses_motion and any(r.tracks is not None for r in requests):
+        guidance = self.components.model.motion_guidance  # None: no motion (uses_motion)
+        if use_motion and guidance is not None and any(r.tracks is not None for r in requests):
             with self.placed(self.components.motion_encoder):
                 latents = self.motion_latents(requests, num_frames, height, width)
-            conditioning.motion_features = self.components.model.motion_guidance.extract(latents)
+            conditioning.motion_features = guidance.extract(latents)
         with self.placed(vae):
             if any(r.image is not None for r in requests) and self.takes_image_latents:
                 conditioning.extra["image_latents"] = self.image_latents(requests, noise)
@@ -295,11 +296,18 @@ class ToraPipeline:
         if not motion_in_guidance:
             doubled = duplicate_for_cfg(with_motion)
             y_in = torch.cat([text.y, null_text.y])
-            mask_in = None if text.mask is None else torch.cat([text.mask, null_text.mask])
+            mask_in = None
+            if text.mask is not None:
+                if null_text.mask is None:
+                    raise ValueError(
+                        "denoise: text has a mask, null_text none; give both or neither"
+                    )
+                mask_in = torch.cat([text.mask, null_text.mask])
 
         def hold_given_frames(x: torch.Tensor) -> torch.Tensor:
             if conditioning.frame_mask is None:
                 return x
+            assert conditioning.x_given is not None  # checked with frame_mask above
             return torch.where(
                 conditioning.frame_mask[:, None, :, None, None], x, conditioning.x_given
             )
@@ -322,6 +330,7 @@ class ToraPipeline:
                 v_null = predict(x, timestep, y=null_text.y, mask=null_text.mask, **extra)
                 v_null = v_null[:, :channels]
                 if separate_scales:
+                    assert config.motion_guidance_scale is not None  # separate_scales
                     v_text_only = predict(x, timestep, y=text.y, mask=text.mask, **extra)
                     v_text_only = v_text_only[:, :channels]
                     v = (
@@ -340,6 +349,9 @@ class ToraPipeline:
         self, requests: list[GenerationRequest], num_frames: int, height: int, width: int
     ) -> torch.Tensor:
         """Tracks -> flow-RGB -> motion latents, as in training (padded, masked)."""
+        encoder, motion_rgb = self.components.motion_encoder, self.components.motion_rgb
+        if encoder is None or motion_rgb is None:
+            raise ValueError("motion_latents: these components have no motion encoder (base model)")
         max_tracks = max(1, max(len(r.tracks) for r in requests if r.tracks is not None))
         tracks = torch.zeros(len(requests), max_tracks, num_frames, 2)
         track_mask = torch.zeros(len(requests), max_tracks, dtype=torch.bool)
@@ -347,8 +359,8 @@ class ToraPipeline:
             if request.tracks is not None:
                 tracks[i, : len(request.tracks)] = request.tracks
                 track_mask[i, : len(request.tracks)] = True
-        rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, self.components.motion_rgb)
-        return self.components.motion_encoder.encode(rgb.to(self.device))
+        rgb = tracks_to_motion_rgb(tracks, track_mask, height, width, motion_rgb)
+        return encoder.encode(rgb.to(self.device))
 
     @property
     def takes_image_latents(self) -> bool:
