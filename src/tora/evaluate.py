@@ -28,6 +28,7 @@ from tora.metrics import (
     CoTrackerTracker,
     LucasKanadeTracker,
     MaskCentroidTracker,
+    MetricUnavailable,
     TrajError,
     build_clipsim,
     build_fvd,
@@ -124,7 +125,7 @@ def evaluate(cfg: DictConfig) -> dict:
         requests = [GenerationRequest(c["caption"], c["tracks"]) for c in chunk]
         for name, use_motion in variants.items():
             begin = time.perf_counter()
-            videos = pipeline.generate(
+            batch_videos = pipeline.generate(
                 requests,
                 num_frames,
                 height,
@@ -134,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 progress=False,
             )
             seconds[name] += time.perf_counter() - begin
-            generated[name].extend(videos)
+            generated[name].extend(batch_videos)
 
     reference = tuple(cfg.reference_size) if cfg.get("reference_size") else None
     fvd_metric = build_fvd(cfg.metrics.i3d_path)
@@ -159,12 +160,12 @@ def evaluate(cfg: DictConfig) -> dict:
         }
         row["fvd"] = (
             float(fvd_metric(real, np.stack(videos)))
-            if fvd_metric.available
+            if not isinstance(fvd_metric, MetricUnavailable)
             else fvd_metric.as_dict()
         )
         row["clipsim"] = (
             float(clip_metric(list(videos), [c["caption"] for c in clips]))
-            if clip_metric.available
+            if not isinstance(clip_metric, MetricUnavailable)
             else clip_metric.as_dict()
         )
         metrics["variants"][name] = row
@@ -205,7 +206,7 @@ def reconstructions(pipeline: ToraPipeline, clips: list[dict], batch_size: int) 
 
 def psnr(real: np.ndarray, videos: np.ndarray) -> float:
     """PSNR in dB of uint8 videos against the real ones, over all pixels."""
-    mse = np.mean((real.astype(np.float64) - videos.astype(np.float64)) ** 2)
+    mse = float(np.mean((real.astype(np.float64) - videos.astype(np.float64)) ** 2))
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
