@@ -145,12 +145,12 @@ class ClipBatches(IterableDataset):
         """One WebDataset sample -> tensors at the configured length and resolution."""
         clip = decode_sample(raw)
         start = frame_window_start(len(clip.frames), self.num_frames, generator)
-        frames, flow, tracks = take_frame_window(clip, start, self.num_frames)
+        frames, window_flow, window_tracks = take_frame_window(clip, start, self.num_frames)
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
         height, width = frames.shape[1], frames.shape[2]
         size = nearest_bucket(height, width, self.buckets) if self.buckets else self.resolution
         video, flow, tracks = resize_center_crop(
-            video, torch.from_numpy(flow), torch.from_numpy(tracks), size
+            video, torch.from_numpy(window_flow), torch.from_numpy(window_tracks), size
         )
         return {
             "video": (video / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3),

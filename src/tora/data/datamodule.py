@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import lightning as L
 import numpy as np
@@ -138,7 +139,10 @@ class ShardDataModule(L.LightningDataModule):
         self.max_tracks = max_tracks
         self.val_batches = val_batches
         self.pin_memory = pin_memory
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+        # SeedSequence() draws its entropy as one int (typed int | Sequence[int] | None).
+        self.seed = (
+            int(cast(int, np.random.SeedSequence().entropy) % 2**32) if seed is None else seed
+        )
         self._shards: dict[str, list[str]] = {}
         self._shard_sizes: dict[str, list[int | None]] = {}
         self._counters: list[DataIssueCounter] = []
@@ -163,6 +167,7 @@ class ShardDataModule(L.LightningDataModule):
         _, world_size = self._rank_and_world_size()
         shards = self._split_shards(split)
         if split == "train" and self.resampled:
+            assert self.epoch_length is not None  # required with resampled (__init__)
             return self.epoch_length // self.batch_size
         sizes = self._split_shard_sizes(split)
         if None in sizes:
@@ -172,7 +177,7 @@ class ShardDataModule(L.LightningDataModule):
                 f"data.{split}_shards: remote shards cannot be counted; use resampled=true with "
                 "epoch_length (train) or set val_batches (val)"
             )
-        total = sum(sizes)
+        total = sum(cast(list[int], sizes))  # no None left (checked above)
         batches = total // world_size // self.batch_size
         if batches == 0:
             raise ValueError(
@@ -186,6 +191,8 @@ class ShardDataModule(L.LightningDataModule):
     def _split_shards(self, split: str) -> list[str]:
         if split not in self._shards:
             pattern = self.train_shards if split == "train" else self.val_shards
+            if pattern is None:
+                raise ValueError(f"data.{split}_shards: none configured")
             self._shards[split] = expand_shards(pattern, f"data.{split}_shards")
         return self._shards[split]
 

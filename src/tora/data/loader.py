@@ -30,6 +30,8 @@ class ResumableLoader(DataLoader):
     the model trains with.
     """
 
+    dataset: ClipBatches
+
     def __init__(self, dataset: ClipBatches, num_workers: int, pin_memory: bool):
         super().__init__(
             dataset,
@@ -43,7 +45,7 @@ class ResumableLoader(DataLoader):
         self.batches_read = 0
         self._resume_at: tuple[int, int] | None = None
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]  # torch types DataLoader.__iter__ as its own iterator class; Lightning only iterates it
         if self._resume_at is None:
             epoch, skip = self.epoch + 1, 0
         else:

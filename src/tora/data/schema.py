@@ -241,7 +241,7 @@ class ShardWriter:
         missing = [name for name in ("__key__", *SAMPLE_FILES) if name not in sample]
         if missing:
             raise ShardFormatError(
-                f"ShardWriter sample {sample.get('__key__', '?')}: missing {missing}; "
+                f"ShardWriter sample {sample.get('__key__', '?')!s}: missing {missing}; "
                 "build samples with encode_sample"
             )
         if self._writer is None:

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -694,7 +694,8 @@ def as_generator_config(
     if isinstance(config, GeneratorConfig):
         return config
     selected = {f.name: config[f.name] for f in fields(GeneratorConfig) if f.name in config}
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GeneratorConfig), selected))
+    merged = OmegaConf.merge(OmegaConf.structured(GeneratorConfig), selected)
+    return cast(GeneratorConfig, OmegaConf.to_object(merged))
 
 
 def generate_split(

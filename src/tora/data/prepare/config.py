@@ -9,7 +9,7 @@ side ``s`` they are multiplied by ``s / reference_short_side``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -146,7 +146,7 @@ class PrepareConfig:
         """The settings that decide what a video's samples are (not where or how fast
         they are made): a video done under other settings is reported on a rerun."""
         skipped = {"src", "out", "num_workers", "decode_threads", "progress"}
-        settings = OmegaConf.to_container(OmegaConf.structured(self))
+        settings = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.structured(self)))
         return {key: value for key, value in settings.items() if key not in skipped}
 
 
@@ -156,4 +156,4 @@ def as_prepare_config(cfg: DictConfig | PrepareConfig) -> PrepareConfig:
         return cfg
     selected = {f.name: cfg[f.name] for f in fields(PrepareConfig) if f.name in cfg}
     merged = OmegaConf.merge(OmegaConf.structured(PrepareConfig), selected)
-    return OmegaConf.to_object(merged)
+    return cast(PrepareConfig, OmegaConf.to_object(merged))

@@ -47,7 +47,7 @@ class DISFlowEstimator(FlowEstimator):
 
     def estimate(self, frames: np.ndarray) -> np.ndarray:
         gray = [cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
-        flows = [self.dis.calc(first, second, None) for first, second in zip(gray, gray[1:])]
+        flows = [self.dis.calc(first, second, None) for first, second in zip(gray, gray[1:])]  # type: ignore[call-overload]  # OpenCV allocates the flow for None; its stubs require a Mat
         return np.stack(flows).astype(np.float32, copy=False)
 
 

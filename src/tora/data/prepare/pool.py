@@ -34,6 +34,8 @@ def _init_worker(config: PrepareConfig, out: Path, threads: int) -> None:
 
 
 def _prepare_in_worker(job: VideoJob) -> VideoResult:
+    if _worker is None:
+        raise RuntimeError("_prepare_in_worker runs in a pool process set up by _init_worker")
     config, tools, out = _worker
     return prepare_video(job, config, tools, out)
 

@@ -170,6 +170,7 @@ def prepare(config: PrepareConfig, console: Console | None = None) -> RunSummary
     tools = build_tools(config)
     for job in jobs:
         remove_shards(out, job)
+    results: Iterator[VideoResult]
     if config.num_workers == 0:
         results = (prepare_video(job, config, tools, out) for job in jobs)
     else:

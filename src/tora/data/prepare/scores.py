@@ -182,7 +182,10 @@ def motion_rejection(
         return "high_motion"
     if scores.camera in camera.reject:
         return f"camera_{scores.camera}"
-    if camera.max_pan_ref is not None and float(np.hypot(*scores.camera_pan)) > camera.max_pan_ref:
+    if (
+        camera.max_pan_ref is not None
+        and float(np.hypot(scores.camera_pan[0], scores.camera_pan[1])) > camera.max_pan_ref
+    ):
         return "camera_pan_too_fast"
     if camera.max_zoom is not None and abs(scores.camera_zoom) > camera.max_zoom:
         return "camera_zoom_too_fast"

@@ -230,6 +230,7 @@ def _prepare_clip(
     record.update(status="rejected" if reason else "kept", reason=reason, scores=_rounded(scores))
     if reason is not None:
         return record, None
+    assert flow is not None and motion is not None  # computed whenever reason is None
 
     height, width = frames.shape[1:3]
     with timer("tracks"):

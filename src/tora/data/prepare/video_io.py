@@ -129,7 +129,8 @@ def read_scenes(
     sampler: _FrameSampler | None = None
     detect_scaler = VideoReformatter()
     scene_index = first_frame = 0
-    scene_start = previous_time = None
+    scene_start: float | None = None
+    previous_time: float | None = None
     previous: av.VideoFrame | None = None
     try:
         with av.open(str(path)) as container:
@@ -164,6 +165,7 @@ def read_scenes(
                     size = choose_bucket(frame.height, frame.width, resolution, buckets)
                     sampler = _FrameSampler(size, fps, threads, timer)
                 if previous is not None:
+                    assert previous_time is not None  # set with previous
                     frame_period = time - previous_time
                     sampler.emit(previous, previous_time, time)
                 if scene_start is None:
@@ -177,6 +179,8 @@ def read_scenes(
         raise VideoReadError(f"{path}: unreadable ({error})") from error
     if previous is None:
         raise VideoReadError(f"{path}: no decodable video frames")
+    # All set with the first frame.
+    assert sampler is not None and previous_time is not None and scene_start is not None
     end = previous_time + frame_period
     sampler.emit(previous, previous_time, end)
     yield Scene(scene_index, first_frame, scene_start, end, *sampler.take())
