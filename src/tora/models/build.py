@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,6 @@ from tora.models.cogvideox import (
     CogVideoXBackbone,
     CogVideoXMotionGuidance,
     CogVideoXTora,
-    CogVideoXVAE,
     build_cogvideox,
     build_cogvideox_vae,
     load_pretrained,
@@ -37,6 +36,7 @@ from tora.models.stdit3 import STDiT3, STDiT3Config
 from tora.models.text_encoders import CaptionEncoder, T5TextEncoder, TextEncoder
 from tora.models.tora import Tora
 from tora.models.vae import CausalVAE3D, shortcut_mode
+from tora.models.video_vae import VideoVAE
 from tora.motion import MotionRGBConfig
 
 
@@ -108,14 +108,18 @@ class ToraComponents:
     """
 
     model: Tora | CogVideoXTora
-    vae: CausalVAE3D | OpenSoraVAE | CogVideoXVAE
+    vae: VideoVAE
     text_encoder: TextEncoder
     motion_encoder: MotionEncoder | None
     flow: RectifiedFlow | CogVideoXDiffusion
     motion_rgb: MotionRGBConfig | None
 
     def modules(self) -> nn.ModuleDict:
-        parts = {"model": self.model, "vae": self.vae, "text_encoder": self.text_encoder}
+        parts: dict[str, nn.Module] = {
+            "model": self.model,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+        }
         if self.motion_encoder is not None:
             parts["motion_encoder"] = self.motion_encoder
         return nn.ModuleDict(parts)
@@ -176,21 +180,20 @@ def build_vae(
     checkpoint: str | Path | None = None,
     require_statistics: bool = True,
     source: str = "model.vae",
-) -> CausalVAE3D | OpenSoraVAE:
+) -> VideoVAE:
     """The VAE ``cfg`` names, loaded from ``checkpoint`` (its ``vae.`` entries, or a bare
     VAE file) after checking that it was trained with this architecture and, for a frozen
     VAE the diffusion stages use, that its latent statistics were fitted."""
-    vae = instantiate("vae", cfg, source)
+    vae = cast(VideoVAE, instantiate("vae", cfg, source))  # what TARGETS builds for "vae"
     if checkpoint:
-        trained_here = isinstance(vae, CausalVAE3D)  # the VAEs this project trains and normalises
-        if trained_here:
+        if isinstance(vae, CausalVAE3D):  # the VAEs this project trains and normalises
             check_same_vae(checkpoint, cfg)
         # A checkpoint of this project holds the VAE under vae.*; a bare VAE file (OpenSora's
         # release) holds nothing else.
         state_dict = read_state_dict(checkpoint)
         prefix = "vae." if any(key.startswith("vae.") for key in state_dict) else ""
         load_weights(vae, state_dict, checkpoint, prefix=prefix)
-        if trained_here and require_statistics:
+        if isinstance(vae, CausalVAE3D) and require_statistics:
             check_latent_statistics(vae, checkpoint)
     return vae
 
@@ -230,11 +233,16 @@ def build_tora(
     files = config if load_weights else {}
     vae_cfg = dict(config["vae"])
     vae = build_vae(vae_cfg, files.get("vae_checkpoint"), source=f"{source}.vae")
-    text_encoder = instantiate("text_encoder", config["text_encoder"], source)
-    backbone = instantiate("backbone", config["backbone"], source)
+    # What TARGETS builds for these slots.
+    text_encoder = cast(TextEncoder, instantiate("text_encoder", config["text_encoder"], source))
+    backbone = cast(STDiT3 | CogVideoXBackbone, instantiate("backbone", config["backbone"], source))
     cogvideox = isinstance(backbone, CogVideoXBackbone)
     # CogVideoX-I2V takes image latents beside the noisy ones.
-    denoised_channels = backbone.latent_channels if cogvideox else backbone.in_channels
+    denoised_channels = (
+        backbone.latent_channels
+        if isinstance(backbone, CogVideoXBackbone)
+        else backbone.in_channels
+    )
     if denoised_channels != vae.latent_channels:
         raise ValueError(
             f"{source}.backbone.in_channels={backbone.in_channels} but the VAE has "
@@ -248,12 +256,12 @@ def build_tora(
             hidden_size=backbone.hidden_size,
             depth=backbone.depth,
             latent_channels=vae.latent_channels,
-            patch_size=tuple(backbone.patch_size),
+            patch_size=backbone.patch_size,
             **dict(config.get("fuser") or {}),
         )
         encoder_cfg = dict(config["motion_encoder"])
         kind = encoder_cfg.pop("kind")
-        checkpoint = files and encoder_cfg.get("checkpoint")
+        checkpoint = encoder_cfg.get("checkpoint") if files else None
         encoder_cfg.pop("checkpoint", None)
         motion_rgb = MotionRGBConfig(**dict(config.get("motion_rgb") or {}))
         encoder_vae = None
@@ -265,7 +273,13 @@ def build_tora(
         factors = {"spatial_factor": vae.spatial_factor, "temporal_factor": vae.temporal_factor}
         motion_encoder = build_motion_encoder(kind, vae=encoder_vae, **factors, **encoder_cfg)
 
-    model = CogVideoXTora(backbone, guidance) if cogvideox else Tora(backbone, guidance)
+    # guidance was built above for this backbone. Narrowed on STDiT3: diffusers' classes are
+    # untyped, so isinstance on CogVideoXBackbone narrows nothing.
+    model: Tora | CogVideoXTora
+    if isinstance(backbone, STDiT3):
+        model = Tora(backbone, cast(MotionGuidance | None, guidance))
+    else:
+        model = CogVideoXTora(backbone, cast(CogVideoXMotionGuidance | None, guidance))
     if files.get("backbone_checkpoint"):
         if isinstance(model, CogVideoXTora):  # a transformer folder, or released Tora weights
             load_pretrained(model, files["backbone_checkpoint"])

@@ -12,12 +12,16 @@ the Trajectory Extractor starts with a learned convolution, so a learned 1x1
 projection here would add nothing it cannot learn itself.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from einops import reduce
 from torch import nn
 
-from tora.models.opensora_vae import OpenSoraVAE
-from tora.models.vae import CausalVAE3D
+if TYPE_CHECKING:
+    from tora.models.video_vae import VideoVAE
 
 
 class MotionEncoder(nn.Module):
@@ -28,16 +32,16 @@ class MotionEncoder(nn.Module):
 
 
 class VAEMotionEncoder(MotionEncoder):
-    """A frozen ``CausalVAE3D``: ``encode`` returns its normalised latents, without gradients.
+    """A frozen video VAE: ``encode`` returns its normalised latents, without gradients.
 
     Used for both the dedicated motion VAE and the reused video VAE.
     """
 
-    def __init__(self, vae: CausalVAE3D | OpenSoraVAE):
+    def __init__(self, vae: VideoVAE):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "VAEMotionEncoder":
+    def train(self, mode: bool = True) -> VAEMotionEncoder:
         """Keep the frozen VAE in eval mode whatever the parent module does."""
         super().train(mode)
         self.vae.eval()
@@ -115,7 +119,7 @@ POOLING_ENCODERS = {"avg_pool": AvgPoolMotionEncoder, "frame_sampling": FrameSam
 def build_motion_encoder(
     kind: str,
     out_channels: int = 4,
-    vae: CausalVAE3D | OpenSoraVAE | None = None,
+    vae: VideoVAE | None = None,
     spatial_factor: int = 8,
     temporal_factor: int = 4,
 ) -> MotionEncoder:

@@ -4,11 +4,13 @@ motion VAE on flow-RGB maps (initialised from the video VAE, as in the paper).""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tora.models.build import build_vae
@@ -74,9 +76,14 @@ class VAEModule(L.LightningModule):
         config = {k: v for k, v in config.items() if k != "_target_"}
         init_checkpoint = config.pop("init_checkpoint", None)
         net = build_vae(config["vae"], init_checkpoint, require_statistics=False)
+        if not isinstance(net, CausalVAE3D | OpenSoraVAE):
+            raise ValueError(
+                f"model.vae: a CausalVAE3D or OpenSoraVAE expected (the VAEs this stage trains), "
+                f"got {type(net).__name__}"
+            )
         return cls(net=net, **config)
 
-    def check_clip_size(self, num_frames: int, resolution: list[int]) -> None:
+    def check_clip_size(self, num_frames: int, resolution: Sequence[int]) -> None:
         """Fail before training on clips the VAE cannot take, naming the keys."""
         try:
             self.vae.latent_shape(num_frames, *resolution)
@@ -88,12 +95,12 @@ class VAEModule(L.LightningModule):
 
     def target(self, batch: dict[str, Any]) -> torch.Tensor:
         """The clip the VAE reconstructs, ``[B, 3, T, H, W]`` in [-1, 1]."""
-        if self.hparams.input == "video":
+        if self.hparams["input"] == "video":
             return batch["video"]
         return motion_condition(batch, self.motion_source, self.motion_rgb)["motion_rgb"]
 
-    def configure_optimizers(self) -> dict:
-        return build_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
+        return build_optimizers(self, self.hparams["optimizer"], self.hparams["scheduler"])
 
     def random_crop(self, clips: torch.Tensor) -> torch.Tensor:
         """A random ``train_crop = [T, H, W]`` window of ``[B, C, T, H, W]`` clips.
@@ -102,9 +109,9 @@ class VAEModule(L.LightningModule):
         cheaper on a CPU) and runs on whole clips; T must be 4k+1, H and W
         multiples of 8.
         """
-        if not self.hparams.train_crop:
+        if not self.hparams["train_crop"]:
             return clips
-        sizes = self.hparams.train_crop
+        sizes = self.hparams["train_crop"]
         starts = [
             int(torch.randint(0, full - size + 1, (1,)))
             for full, size in zip(clips.shape[2:], sizes, strict=True)
@@ -114,14 +121,14 @@ class VAEModule(L.LightningModule):
 
     def model_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         clips = self.target(batch)
-        if self.training and len(self.statistics_clips) < self.hparams.latent_statistics_batches:
+        if self.training and len(self.statistics_clips) < self.hparams["latent_statistics_batches"]:
             self.statistics_clips.append(clips.detach().to("cpu", copy=True))
         target = self.random_crop(clips)
         reconstruction, posterior = self.vae(target)
         reconstruction_loss = F.l1_loss(reconstruction, target)
         kl = posterior.kl().mean()
         return {
-            "loss": reconstruction_loss + self.hparams.kl_weight * kl,
+            "loss": reconstruction_loss + self.hparams["kl_weight"] * kl,
             "reconstruction": reconstruction_loss,
             "kl": kl,
             "psnr": psnr(reconstruction.detach(), target),
@@ -151,7 +158,7 @@ class VAEModule(L.LightningModule):
         )
         batch_size = target.shape[0]
         self.log("val/psnr", psnr(reconstruction, target), batch_size=batch_size, sync_dist=True)
-        self.log("val/ssim", ssim, batch_size=batch_size, sync_dist=True)
+        self.log("val/ssim", ssim, batch_size=batch_size, sync_dist=True)  # type: ignore[arg-type]  # torchmetrics types SSIM as Tensor | tuple; a tuple only with return_full_image
         self.log("val/l1", F.l1_loss(reconstruction, target), batch_size=batch_size, sync_dist=True)
         if batch_idx == 0:
             log_video_grid(self, "val/reconstruction", [target[:2], reconstruction[:2]])
