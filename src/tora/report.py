@@ -8,6 +8,7 @@ import csv
 import logging
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 import hydra
 import matplotlib
@@ -67,7 +68,7 @@ def report(cfg: DictConfig) -> list[dict]:
                 "baseline": index == 0,
             },
         )
-        metrics = evaluate(run_cfg)
+        metrics = evaluate(cast(DictConfig, run_cfg))  # a DictConfig merged into one
         rows.append({"variant": label, **summary(metrics["variants"]["tora"])})
         if index == 0:
             baseline = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 import lightning as L
@@ -21,6 +22,11 @@ from tora.training.preemption import SIGTERM_EXIT_CODE
 from tora.utils.config import CONFIG_PATH
 from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
 
+if TYPE_CHECKING:
+    from tora.data.datamodule import ShardDataModule
+    from tora.training.diffusion_module import VideoDiffusionModule
+    from tora.training.vae_module import VAEModule
+
 log = logging.getLogger(__name__)
 
 
@@ -30,15 +36,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    model: L.LightningModule = instantiate_module(cfg.model)
+    datamodule: ShardDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = instantiate_module(cfg.model)
     model.check_clip_size(datamodule.num_frames, datamodule.resolution)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
 
     if cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), trainer)
@@ -51,25 +57,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     export = cfg.get("export_checkpoint")
-    if export and not trainer.fast_dev_run:
+    if export and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets Trainer.fast_dev_run in trainer/setup.py, undeclared on the class
         export_checkpoint(trainer, Path(export))
     log_run_summary(trainer, model, datamodule, metrics)
     return metrics
 
 
-def instantiate_module(cfg: DictConfig) -> L.LightningModule:
+def instantiate_module(cfg: DictConfig) -> VideoDiffusionModule | VAEModule:
     """The LightningModule of a ``model`` config: its ``from_config`` builds the network
     (``tora.models.build``) and the module around it. Sub-configs arrive as plain
     containers: they are stored as hyper-parameters and must load with ``weights_only``."""
-    module_class = hydra.utils.get_class(cfg._target_)
-    return module_class.from_config(OmegaConf.to_container(cfg, resolve=True))
+    # The model configs name one of these two classes.
+    module_class = cast(
+        "type[VideoDiffusionModule] | type[VAEModule]", hydra.utils.get_class(cfg._target_)
+    )
+    return module_class.from_config(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
 
 
 def resolved(cfg: DictConfig) -> DictConfig:
     """A fully resolved copy without the ``hydra`` node, so sub-configs handed to
     modules carry values rather than interpolations into the root."""
-    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
+    without_hydra = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
+    return cast(DictConfig, OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True)))
 
 
 def export_checkpoint(trainer: L.Trainer, path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from tora.bench.flops import count_step_flops
 from tora.bench.step import apply_gradients, forward_loss, synchronize
+from tora.models.stdit3 import STDiT3, STDiT3Config
 from tora.training.diffusion_module import VideoDiffusionModule
 from tora.training.latent_cache import LatentCache
 
@@ -36,7 +37,7 @@ def random_batch(
     """A batch of the DataModule's contract filled with noise: shapes, not values, set the cost."""
     b, t, h, w = shape.batch_size, shape.num_frames, shape.height, shape.width
     scale = torch.tensor([w - 1, h - 1], dtype=torch.float32)
-    batch = {
+    batch: dict[str, Any] = {
         "video": torch.rand(b, 3, t, h, w, generator=generator) * 2 - 1,
         "flow": torch.randn(b, t - 1, h, w, 2, generator=generator) * 2,
         "tracks": torch.rand(b, max_tracks, t, 2, generator=generator) * scale,
@@ -50,10 +51,20 @@ def random_batch(
     return batch
 
 
+def stdit3_config(module: VideoDiffusionModule) -> STDiT3Config:
+    """The backbone's config: the bench reads its patch size and default fps."""
+    backbone = module.model.backbone
+    if not isinstance(backbone, STDiT3):
+        raise TypeError(
+            f"bench: an STDiT3 backbone expected, the config builds {type(backbone).__name__}"
+        )
+    return backbone.config
+
+
 def tokens_per_clip(module: VideoDiffusionModule, shape: ClipShape) -> int:
     """DiT tokens of one clip: latent ``(T, H, W)`` divided by the patch, rounded up."""
     latent = module.vae.latent_shape(shape.num_frames, shape.height, shape.width)
-    patch = module.model.backbone.config.patch_size
+    patch = stdit3_config(module).patch_size
     return math.prod(-(-size // p) for size, p in zip(latent, patch))
 
 
@@ -94,7 +105,7 @@ def measure(
             f"bench: warmup_steps >= 1 and steps >= 1 expected, got {warmup_steps} and {steps}"
         )
     device = module.device
-    fps = module.model.backbone.config.default_fps
+    fps = stdit3_config(module).default_fps
     batch = random_batch(shape, max_tracks, fps, generator, device)
     if module.latent_cache.max_clips:
         # The steady state of a run with model.latent_cache: every clip is a hit.

@@ -74,7 +74,10 @@ def resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
         return ckpt_path
     if ckpt_path == "last":
         checkpoint_callback = trainer.checkpoint_callback
-        if checkpoint_callback is None or checkpoint_callback.dirpath is None:
+        if (
+            not isinstance(checkpoint_callback, ModelCheckpoint)
+            or checkpoint_callback.dirpath is None
+        ):
             raise ValueError(
                 "ckpt_path=last: no ModelCheckpoint callback with a dirpath configured"
             )

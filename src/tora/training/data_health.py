@@ -59,7 +59,7 @@ class DataHealth(Callback):
     def report(self, trainer: L.Trainer) -> None:
         """Sum the counts over ranks (a collective: every rank calls it at the same step)
         and log them on rank 0."""
-        local = getattr(trainer.datamodule, "skipped", None)
+        local = getattr(trainer.datamodule, "skipped", None)  # type: ignore[attr-defined]  # Lightning sets Trainer.datamodule in its DataConnector, undeclared on the class
         if local is None:
             return
         names = sorted(local)

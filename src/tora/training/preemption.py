@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -27,7 +27,7 @@ class SigtermCheckpoint(Callback):
     """Saves ``last.ckpt`` in the ModelCheckpoint folder when fitting stops on SIGTERM."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.checkpoint_callback is None:
+        if not isinstance(trainer.checkpoint_callback, ModelCheckpoint):
             raise ValueError(
                 "callbacks.sigterm_checkpoint: a ModelCheckpoint callback expected "
                 "(its folder receives last.ckpt), none configured"
@@ -39,6 +39,9 @@ class SigtermCheckpoint(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         checkpoint_callback = trainer.checkpoint_callback
+        # setup checked the type; ModelCheckpoint.setup resolves dirpath before fitting.
+        assert isinstance(checkpoint_callback, ModelCheckpoint)
+        assert checkpoint_callback.dirpath is not None
         name = checkpoint_callback.CHECKPOINT_NAME_LAST + checkpoint_callback.FILE_EXTENSION
         path = Path(checkpoint_callback.dirpath) / name
         trainer.save_checkpoint(path)
