@@ -34,6 +34,8 @@ import numpy as np
 import webdataset as wds
 from av.video.reformatter import VideoReformatter
 
+from tora.motion.tracks import canvas_violation
+
 SAMPLE_FILES = ("mp4", "flow.npy", "tracks.json", "txt", "meta.json")
 """Tar member suffixes of one sample, in the order the schema lists them."""
 
@@ -299,16 +301,9 @@ def _check_tracks(tracks: np.ndarray, num_frames: int, width: int, height: int, 
         )
     if not np.isfinite(tracks).all():
         raise ShardFormatError(f"{where}: finite (x, y) points expected")
-    upper = np.array([width - 0.5, height - 0.5], np.float32)
-    outside = ((tracks < -0.5) | (tracks > upper)).any(axis=-1)
-    if outside.any():
-        track, frame = np.argwhere(outside)[0].tolist()
-        x, y = tracks[track, frame].tolist()
-        raise TracksOutsideCanvasError(
-            f"{where}: track {track} frame {frame}: point ({x:g}, {y:g}) outside the "
-            f"{width}x{height} canvas (x in [-0.5, {width - 0.5:g}], "
-            f"y in [-0.5, {height - 0.5:g}] expected)"
-        )
+    problem = canvas_violation(tracks, (width, height))
+    if problem is not None:
+        raise TracksOutsideCanvasError(f"{where}: {problem}")
 
 
 def _complete_meta(

@@ -186,21 +186,29 @@ def write_tora_point_file(path: PathLike, track: torch.Tensor, size: tuple[int, 
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def canvas_violation(tracks: np.ndarray, canvas: tuple[int, int]) -> str | None:
+    """The first point of ``tracks [N, T, 2]`` outside the canvas (W, H) pixel area
+    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``, as ``track i frame t: point (x, y) outside
+    ...``; None when every point is inside."""
+    width, height = canvas
+    upper = np.array([width - 0.5, height - 0.5])
+    outside = ((tracks < -0.5) | (tracks > upper)).any(axis=-1)
+    if not outside.any():
+        return None
+    track, frame = np.argwhere(outside)[0].tolist()
+    x, y = tracks[track, frame].tolist()
+    return (
+        f"track {track} frame {frame}: point ({x:g}, {y:g}) outside the {width}x{height} "
+        f"canvas (x in [-0.5, {width - 0.5:g}], y in [-0.5, {height - 0.5:g}] expected)"
+    )
+
+
 def check_tracks_in_canvas(tracks: torch.Tensor, canvas: tuple[int, int], source: str) -> None:
     """Raise ``TrackFormatError`` naming ``source``, track, frame and value for the
-    first point of ``tracks [N, T, 2]`` outside the canvas (W, H) pixel area
-    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``."""
-    width, height = canvas
-    upper = torch.tensor([width - 0.5, height - 0.5], dtype=tracks.dtype)
-    outside = ((tracks < -0.5) | (tracks > upper)).any(dim=-1)
-    if outside.any():
-        track, frame = torch.nonzero(outside)[0].tolist()
-        x, y = tracks[track, frame].tolist()
-        raise TrackFormatError(
-            f"trajectory file {source} track {track} frame {frame}: point ({x:g}, {y:g}) "
-            f"outside the {width}x{height} canvas (x in [-0.5, {width - 0.5:g}], "
-            f"y in [-0.5, {height - 0.5:g}] expected)"
-        )
+    first point of ``tracks [N, T, 2]`` outside the canvas (:func:`canvas_violation`)."""
+    problem = canvas_violation(tracks.numpy(), canvas)
+    if problem is not None:
+        raise TrackFormatError(f"trajectory file {source} {problem}")
 
 
 def rescale_tracks(
