@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tora.models.vae import DiagonalGaussian
+from tora.models.vae import DiagonalGaussian, check_latent_statistics_shape
 
 # OpenSora multiplies the SD-XL latents by SD 1.x's factor, not SD-XL's 0.13025.
 SPATIAL_SCALING = 0.18215
@@ -470,10 +470,6 @@ class OpenSoraVAE(nn.Module):
     @torch.no_grad()
     def set_latent_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel latent ``mean`` and ``std`` (``[Z]`` each) measured on data."""
-        for name, value in (("mean", mean), ("std", std)):
-            if tuple(value.shape) != (self.latent_channels,):
-                raise ValueError(
-                    f"latent {name} has shape {tuple(value.shape)}, expected ({self.latent_channels},)"
-                )
+        check_latent_statistics_shape(mean, std, self.latent_channels)
         self.shift.copy_(rearrange(mean, "z -> 1 z 1 1 1"))
         self.scale.copy_(rearrange(std, "z -> 1 z 1 1 1"))

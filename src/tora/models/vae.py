@@ -388,6 +388,15 @@ def split_time(x: torch.Tensor, first: int, rest: int) -> list[torch.Tensor]:
     return [x[:, :, :first], *x[:, :, first:].split(rest, dim=2)]
 
 
+def check_latent_statistics_shape(mean: torch.Tensor, std: torch.Tensor, channels: int) -> None:
+    """Refuse a per-channel latent ``mean`` or ``std`` that is not ``[channels]``."""
+    for name, value in (("mean", mean), ("std", std)):
+        if tuple(value.shape) != (channels,):
+            raise ValueError(
+                f"latent {name} has shape {tuple(value.shape)}, expected ({channels},)"
+            )
+
+
 class CausalVAE3D(nn.Module):
     """MAGVIT-v2-style causal 3D VAE, for RGB video and flow-RGB motion alike.
 
@@ -552,11 +561,7 @@ class CausalVAE3D(nn.Module):
     @torch.no_grad()
     def set_latent_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel latent ``mean`` and ``std`` (``[Z]`` each) measured on data."""
-        for name, value in (("mean", mean), ("std", std)):
-            if tuple(value.shape) != (self.latent_channels,):
-                raise ValueError(
-                    f"latent {name} has shape {tuple(value.shape)}, expected ({self.latent_channels},)"
-                )
+        check_latent_statistics_shape(mean, std, self.latent_channels)
         self.latent_shift.copy_(mean)
         self.latent_scale.copy_(1.0 / std)
 
