@@ -350,12 +350,12 @@ def test_vae_architecture_reads_the_older_boolean_shortcut():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.resolution=[60,64]"], r"data.resolution=\[60, 64\] do not fit the VAE: .*H=60"),
+        (["data.resolution=[62,64]"], r"data.resolution=\[62, 64\] do not fit the VAE: .*H=62"),
         (["data.num_frames=16"], r"data\.num_frames.*16"),
         (
-            ["data.resolution=[72,72]", "model.backbone.patch_size=[1,2,2]"],
-            r"9 x 9 latents, not divisible by model.backbone.patch_size=\[1, 2, 2\]: "
-            r"use a multiple of 16 x 16 pixels",
+            ["data.resolution=[68,68]"],  # the tiny world: 4x VAE, patch 2
+            r"17 x 17 latents, not divisible by model.backbone.patch_size=\[1, 2, 2\]: "
+            r"use a multiple of 8 x 8 pixels",
         ),
     ],
 )
