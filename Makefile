@@ -84,7 +84,7 @@ train-video-vae: $(CKPT_DIR)/video_vae.ckpt ## Pretrain the video VAE (stand-in 
 train-base: $(CKPT_DIR)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
 train-motion-vae: $(CKPT_DIR)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
 
-train-stage1: $(CKPT_DIR)/base_t2v.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
+train-stage1: $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
 	$(PY) -m tora.train experiment=stage1_flow $(WORLD_DIT) $(ARGS)
 
 $(CKPT_DIR)/stage1_flow.ckpt:

@@ -353,7 +353,8 @@ def test_vae_architecture_reads_the_older_boolean_shortcut():
         (["data.resolution=[62,64]"], r"data.resolution=\[62, 64\] do not fit the VAE: .*H=62"),
         (["data.num_frames=16"], r"data\.num_frames.*16"),
         (
-            ["data.resolution=[68,68]"],  # the tiny world: 4x VAE, patch 2
+            # the 4x VAE at patch 2
+            ["model/vae=tiny_f4", "model.backbone.patch_size=[1,2,2]", "data.resolution=[68,68]"],
             r"17 x 17 latents, not divisible by model.backbone.patch_size=\[1, 2, 2\]: "
             r"use a multiple of 8 x 8 pixels",
         ),
