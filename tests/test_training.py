@@ -260,19 +260,24 @@ def cli_overrides(tmp_path: Path, shards: Path, checkpoints: Path) -> list[str]:
 
 
 def test_fuser_sweep_multirun(tmp_path, chain, synthetic_shards):
-    sweep_dir = tmp_path / "sweep"
+    """As `make ablate-fusion` runs it: the sweep folder comes from the default paths."""
+    default_log_dir = [
+        o
+        for o in cli_overrides(tmp_path, synthetic_shards, chain)
+        if not o.startswith("paths.log_dir=")
+    ]
     run_cli(
         [
             "-m",
             "experiment=stage1_flow",
             "export_checkpoint=null",  # would overwrite the chain's stage1_flow.ckpt
             f"model/fuser={','.join(FUSERS)}",
-            f"hydra.sweep.dir={sweep_dir}",
             *SHORT,
-            *cli_overrides(tmp_path, synthetic_shards, chain),
+            *default_log_dir,
         ],
         cwd=tmp_path,
     )
+    (sweep_dir,) = (tmp_path / "logs" / "stage1_flow" / "multiruns").iterdir()
     runs = sorted(p for p in sweep_dir.iterdir() if (p / "checkpoints" / "last.ckpt").exists())
     assert len(runs) == 3, runs
     swept = {
