@@ -65,7 +65,7 @@ $(INSTALLED): pyproject.toml requirements/constraints.txt
 
 install: $(INSTALLED) ## Create .venv and install the package with pinned dependencies
 
-$(DATA): $(INSTALLED) $(DATA_CONFIGS)
+$(DATA): $(DATA_CONFIGS) | $(INSTALLED)  # order-only: reinstalling does not regenerate data or retrain
 	$(PY) -m tora.data.synthetic $(WORLD_DATA)
 	touch $@
 
