@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from tora.motion.presets import PRESET_POINTS, preset_track
 from tora.motion.tracks import (
     TrackFormatError,
+    outside_canvas,
     parse_canvas,
     parse_point,
     resample_tracks,
@@ -50,7 +52,7 @@ class Sketch:
 
     def check_point(self, x: float, y: float) -> None:
         width, height = self.canvas
-        if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+        if outside_canvas(np.array([x, y]), self.canvas):
             raise ValueError(f"point ({x:g}, {y:g}) is outside the {width}x{height} canvas")
 
     def add_point(self, x: float, y: float) -> None:

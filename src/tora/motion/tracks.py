@@ -186,13 +186,18 @@ def write_tora_point_file(path: PathLike, track: torch.Tensor, size: tuple[int, 
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def outside_canvas(points: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """Which points ``[..., 2]`` lie outside the canvas (W, H) pixel area
+    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` (NaN counts as outside); a boolean array ``[...]``."""
+    upper = np.array([canvas[0] - 0.5, canvas[1] - 0.5])
+    return np.asarray(~((points >= -0.5) & (points <= upper)).all(axis=-1))
+
+
 def canvas_violation(tracks: np.ndarray, canvas: tuple[int, int]) -> str | None:
-    """The first point of ``tracks [N, T, 2]`` outside the canvas (W, H) pixel area
-    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``, as ``track i frame t: point (x, y) outside
-    ...``; None when every point is inside."""
+    """The first point of ``tracks [N, T, 2]`` outside the canvas (:func:`outside_canvas`),
+    as ``track i frame t: point (x, y) outside ...``; None when every point is inside."""
     width, height = canvas
-    upper = np.array([width - 0.5, height - 0.5])
-    outside = ((tracks < -0.5) | (tracks > upper)).any(axis=-1)
+    outside = outside_canvas(tracks, canvas)
     if not outside.any():
         return None
     track, frame = np.argwhere(outside)[0].tolist()
