@@ -17,6 +17,8 @@ INSTALLED := $(VENV)/.installed
 #: CKPT_IN=<path>  convert*: a DeepSpeed checkpoint directory or a .ckpt
 #: CKPT_OUT=<file>  convert*: the .safetensors to write
 #: OUTPUT_DIR=<folder>  sample, demo and eval write under it (default outputs, WORLD=128: outputs/world_128)
+#: SIDE_BY_SIDE=1|0  train the base and the motion VAE at once, one thread each (default 1)
+#: THREADS=<n>  torch threads of each training run (default: torch's own choice)
 
 # WORLD=128: the tiny world at 128² with the 8x VAE (objects 4-6.5 latent pixels wide, as
 # the 4x VAE gives at 64²; docs/findings.md), its own shards and checkpoints, and backbone
@@ -71,27 +73,45 @@ $(DATA): $(DATA_CONFIGS) | $(INSTALLED)  # order-only: reinstalling does not reg
 
 data: $(DATA) ## Write the synthetic WebDataset shards (train + val) under data/synthetic (WORLD=128: data/synthetic_128)
 
+THREADS ?=
+TRAIN := $(if $(THREADS),OMP_NUM_THREADS=$(THREADS) )$(PY) -m tora.train
+# Runs sharing a terminal print plain progress lines, each opening with the run's name.
+SHARED_TERMINAL ?=
+LINES = $(if $(SHARED_TERMINAL),TORA_PROGRESS=lines TORA_PROGRESS_LABEL=$(basename $(notdir $@)) )
+
 $(CKPT_DIR)/video_vae.ckpt: $(DATA)
-	$(PY) -m tora.train experiment=video_vae $(WORLD_VAE) $(ARGS)
+	$(TRAIN) experiment=video_vae $(WORLD_VAE) $(ARGS)
 
 $(CKPT_DIR)/base_t2v.ckpt: $(CKPT_DIR)/video_vae.ckpt
-	$(PY) -m tora.train experiment=base_t2v $(WORLD_DIT) $(ARGS)
+	$(LINES)$(TRAIN) experiment=base_t2v $(WORLD_DIT) $(ARGS)
 
 $(CKPT_DIR)/motion_vae.ckpt: $(CKPT_DIR)/video_vae.ckpt
-	$(PY) -m tora.train experiment=motion_vae $(WORLD_VAE) $(ARGS)
+	$(LINES)$(TRAIN) experiment=motion_vae $(WORLD_VAE) $(ARGS)
+
+# The base model and the motion VAE each need only the video VAE, so they train at once,
+# one thread each: on 2 cores a second process doubles the throughput where a second
+# torch thread gives 1.2-1.4x for these small models (docs/results.md).
+SIDE_BY_SIDE ?= 1
+STAGE1_PREREQS := $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt
+stage1-prereqs: $(CKPT_DIR)/video_vae.ckpt
+ifeq ($(SIDE_BY_SIDE),1)
+	$(MAKE) --no-print-directory -j2 $(STAGE1_PREREQS) THREADS=1 SHARED_TERMINAL=1
+else
+	$(MAKE) --no-print-directory $(STAGE1_PREREQS)
+endif
 
 train-video-vae: $(CKPT_DIR)/video_vae.ckpt ## Pretrain the video VAE (stand-in for OpenSora's VAE)
 train-base: $(CKPT_DIR)/base_t2v.ckpt ## Pretrain the base text-to-video STDiT (stand-in for OpenSora)
 train-motion-vae: $(CKPT_DIR)/motion_vae.ckpt ## Train the motion VAE on flow-RGB, initialised from the video VAE
 
-train-stage1: $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt ## Stage 1: train Tora's motion modules on dense optical flow
-	$(PY) -m tora.train experiment=stage1_flow $(WORLD_DIT) $(ARGS)
+train-stage1: stage1-prereqs ## Stage 1: train Tora's motion modules on dense optical flow
+	$(TRAIN) experiment=stage1_flow $(WORLD_DIT) $(ARGS)
 
 $(CKPT_DIR)/stage1_flow.ckpt:
 	$(MAKE) train-stage1 WORLD=$(WORLD)
 
 train-stage2: $(CKPT_DIR)/stage1_flow.ckpt ## Stage 2: continue on 1..N sparse trajectories
-	$(PY) -m tora.train experiment=stage2_traj $(WORLD_DIT) $(ARGS)
+	$(TRAIN) experiment=stage2_traj $(WORLD_DIT) $(ARGS)
 
 $(CKPT_DIR)/stage2_traj.ckpt:
 	$(MAKE) train-stage2 WORLD=$(WORLD)
@@ -111,10 +131,10 @@ eval: $(CKPT_DIR)/stage2_traj.ckpt ## Evaluate the stage-2 checkpoint on held-ou
 # newest sweep folder is then evaluated and tabulated by tora.report.
 # $(call ablate,<name>,<swept override>)
 define ablate
-$(PY) -m tora.train -m experiment=ablation task_name=ablate_$(1) $(2) $(WORLD_DIT) $(ARGS)
+$(TRAIN) -m experiment=ablation task_name=ablate_$(1) $(2) $(WORLD_DIT) $(ARGS)
 $(PY) -m tora.report sweep_dir=$$(ls -td logs/ablate_$(1)/multiruns/*/ | head -1) $(WORLD_EVAL) $(EVAL_ARGS)
 endef
-ABLATION_PREREQS := $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt
+ABLATION_PREREQS := stage1-prereqs
 FUSERS := adaptive_norm,channel_concat,cross_attn
 MOTION_ENCODERS := motion_vae,video_vae,avg_pool,frame_sampling
 MOTION_SOURCES := dense,sparse,two_stage
@@ -171,6 +191,6 @@ clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
 	rm -rf logs outputs checkpoints checkpoints_128 data .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
+.PHONY: help install data stage1-prereqs train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
 	sample demo eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
 	prepare-data tensorboard test test-all lint format clean

@@ -80,6 +80,19 @@ def test_line_progress_waits_for_its_interval(capsys, tmp_path):
     assert len(train) == 1 and "step 5/5" in train[0]  # only the last step
 
 
+def test_labelled_lines_name_their_run(capsys, tmp_path):
+    """Two runs sharing a terminal (make's side-by-side stage-1 prerequisites)."""
+    progress = progress_bar(every_n_seconds=0.0, force="lines", label="motion_vae")
+    trainer = quiet_trainer(tmp_path, progress, max_steps=2, val_check_interval=2)
+    trainer.fit(Regression(), loader(), loader())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["[motion_vae]", "[train]"],
+        ["[motion_vae]", "[train]"],
+        ["[motion_vae]", "[val]"],
+    ]
+
+
 def test_progress_bar_choice_and_config():
     # pytest captures stdout, so it is not a terminal here.
     assert isinstance(progress_bar(), LineProgress)

@@ -233,7 +233,8 @@ def test_yaml_config_matches_the_dataclass_defaults():
     cfg = compose_config("synthetic", [])
     config = as_generator_config(cfg)
     assert dataclasses.replace(config, progress=False) == GeneratorConfig()
-    assert Path(cfg.out_dir).resolve() == Path.cwd() / "data" / "synthetic"  # under the directory run from
+    # Under the directory run from.
+    assert Path(cfg.out_dir).resolve() == Path.cwd() / "data" / "synthetic"
 
 
 def test_world_presets_compose_and_differ_where_documented():

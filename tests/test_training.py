@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tora.checkpoints import read_state_dict
 from tora.train import instantiate_module, train
 from tora.training.latent_cache import LatentCache
+from tora.training.motion_input import MotionSourceConfig
 from tora.training.optim import WarmupCosine
 
 FUSERS = ["adaptive_norm", "channel_concat", "cross_attn"]
@@ -150,6 +151,51 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     module.encode_video = lambda video, clip_ids=None: seen.append(clip_ids) or first
     module.validation_step(dict(batch, video=torch.rand(4, 3, 5, 16, 16) * 2 - 1), 1)
     assert seen == [None] and cache.hits == 6 and len(cache.latents) == 3
+
+
+def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):
+    """Dense flow conditions are a function of the clip: their motion latents are cached
+    and equal a fresh encode; sparse ones (drawn anew each step) are always encoded."""
+    module = build_module(
+        ["experiment=stage2_traj", "model.latent_cache=8", *NO_PREREQUISITES], tmp_path
+    ).eval()
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "video": torch.rand(4, 3, 5, 16, 16, generator=generator) * 2 - 1,
+        "flow": torch.randn(4, 4, 16, 16, 2, generator=generator) * 2,
+        "caption": ["a red circle moves right"] * 4,
+        "key": ["a", "b", "c", "d"],
+        "frame_start": torch.zeros(4, dtype=torch.long),
+    }
+    encoded = []
+    real_encode = module.motion_encoder.encode
+    module.motion_encoder.encode = lambda rgb: encoded.append(len(rgb)) or real_encode(rgb)
+    ids = LatentCache.batch_clip_ids(batch)
+    rgb = torch.rand(4, 3, 5, 16, 16, generator=generator) * 2 - 1
+    dense = torch.tensor([True, False, True, False])
+    mixed = module.encode_motion(rgb, dense, ids)
+    torch.testing.assert_close(mixed, real_encode(rgb))
+    assert encoded == [2, 2] and sorted(module.motion_latent_cache.latents) == [
+        "a@0/3x5x16x16",
+        "c@0/3x5x16x16",
+    ]
+    # The dense clips again (another map would be another clip's: the cache trusts ids).
+    encoded.clear()
+    again = module.encode_motion(rgb, torch.ones(4, dtype=torch.bool), ids)
+    torch.testing.assert_close(again, mixed)
+    assert encoded == [2] and module.motion_latent_cache.hits == 2
+    # No dense clip, or no ids (validation): the encoder only.
+    encoded.clear()
+    module.encode_motion(rgb, torch.zeros(4, dtype=torch.bool), ids)
+    module.encode_motion(rgb, dense, None)
+    assert encoded == [4, 4] and module.motion_latent_cache.hits == 2
+    # Through a training step's inputs: stage 1's dense source fills it from the flow.
+    module.motion_source = MotionSourceConfig(kind="dense")
+    module.motion_latent_cache = LatentCache(8)
+    first = module.step_inputs(batch).motion
+    second = module.step_inputs(batch).motion
+    assert module.motion_latent_cache.hits == 4 and module.motion_latent_cache.misses == 4
+    torch.testing.assert_close(second["motion_latents"], real_encode(first["motion_rgb"]))
 
 
 @pytest.mark.parametrize("fuser", FUSERS)

@@ -88,7 +88,8 @@ class VideoDiffusionModule(L.LightningModule):
         motion_source: where a training clip's motion condition comes from.
         validation: see :class:`ValidationConfig`.
         compile: ``torch.compile`` the backbone.
-        latent_cache: keep the frozen VAE's latents of up to this many training clips.
+        latent_cache: keep the frozen VAE's latents of up to this many training clips,
+            and the motion encoder's latents of as many dense-flow conditions.
     """
 
     def __init__(
@@ -124,6 +125,9 @@ class VideoDiffusionModule(L.LightningModule):
         if compile:
             self.model.backbone.compile()
         self.latent_cache = LatentCache(latent_cache)
+        # A dense condition is a function of the clip (its flow), so its latents are as
+        # cacheable as the video's; sparse ones are drawn anew each step.
+        self.motion_latent_cache = LatentCache(latent_cache)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VideoDiffusionModule:
@@ -205,17 +209,44 @@ class VideoDiffusionModule(L.LightningModule):
         return TextCondition(y.to(self.device), mask.to(self.device))
 
     def motion_inputs(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator | None = None,
+        clip_ids: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Flow-RGB condition and its latents (empty for the base model)."""
+        """Flow-RGB condition and its latents (empty for the base model); with
+        ``clip_ids``, dense conditions' latents go through the motion latent cache."""
         if self.model.motion_guidance is None:
             return {}
         assert self.components.motion_rgb is not None  # built with the motion guidance
         source = at_step(self.motion_source, self.global_step)
         condition = motion_condition(batch, source, self.components.motion_rgb, generator)
-        with torch.no_grad():
-            condition["motion_latents"] = self.motion_encoder.encode(condition["motion_rgb"])
+        condition["motion_latents"] = self.encode_motion(
+            condition["motion_rgb"], condition["dense"], clip_ids
+        )
         return condition
+
+    @torch.no_grad()
+    def encode_motion(
+        self, motion_rgb: torch.Tensor, dense: torch.Tensor, clip_ids: list[str] | None
+    ) -> torch.Tensor:
+        """The motion encoder's latents of ``motion_rgb [B, 3, T, H, W]``; those of dense
+        clips (``dense [B]``) looked up in / added to the motion latent cache."""
+        encode = self.motion_encoder.encode
+        if not (self.motion_latent_cache.max_clips and clip_ids is not None) or not dense.any():
+            return encode(motion_rgb)
+        flags = dense.tolist()
+        cached = [i for i, is_dense in enumerate(flags) if is_dense]
+        latents = self.motion_latent_cache.encode(
+            motion_rgb[cached], [clip_ids[i] for i in cached], encode
+        )
+        if len(cached) == len(flags):
+            return latents
+        fresh = [i for i, is_dense in enumerate(flags) if not is_dense]
+        out = latents.new_empty((len(flags), *latents.shape[1:]))
+        out[cached] = latents
+        out[fresh] = encode(motion_rgb[fresh])
+        return out
 
     def step_inputs(
         self,
@@ -225,7 +256,7 @@ class VideoDiffusionModule(L.LightningModule):
     ) -> StepInputs:
         clip_ids = LatentCache.batch_clip_ids(batch) if use_latent_cache else None
         x0 = self.encode_video(batch["video"], clip_ids)
-        motion = self.motion_inputs(batch, generator)
+        motion = self.motion_inputs(batch, generator, clip_ids)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
         if "motion_latents" in motion:
             extra["motion_latents"] = motion["motion_latents"]
@@ -249,6 +280,8 @@ class VideoDiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if self.latent_cache.max_clips:
             self.log("train/latent_cache_hit_rate", self.latent_cache.hit_rate)
+            if self.motion_latent_cache.hits + self.motion_latent_cache.misses:
+                self.log("train/motion_latent_cache_hit_rate", self.motion_latent_cache.hit_rate)
         bucket = (t * TIMESTEP_BUCKETS).long().clamp(max=TIMESTEP_BUCKETS - 1)
         for b in range(TIMESTEP_BUCKETS):
             chosen = bucket == b

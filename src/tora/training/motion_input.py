@@ -102,8 +102,9 @@ def motion_condition(
 ) -> dict[str, torch.Tensor]:
     """Build the motion condition of a batch.
 
-    Returns ``motion_rgb [B, 3, T, H, W]`` in [-1, 1] and, for sparse clips, the
-    tracks that made it (``tracks [B, N, T, 2]``, ``track_mask [B, N]``; all
+    Returns ``motion_rgb [B, 3, T, H, W]`` in [-1, 1], ``dense [B]`` (True where the
+    clip's whole flow made it: the same clip always gives the same map) and, for sparse
+    clips, the tracks that made it (``tracks [B, N, T, 2]``, ``track_mask [B, N]``; all
     False for dense clips).
     """
     validate_source(source)
@@ -125,6 +126,7 @@ def motion_condition(
         tracks = flow.new_zeros(batch_size, 0, flow.shape[1] + 1, 2)
         return {
             "motion_rgb": dense_rgb,
+            "dense": use_dense.to(flow.device),
             "tracks": tracks,
             "track_mask": tracks.new_zeros(batch_size, 0, dtype=torch.bool),
         }
@@ -134,6 +136,7 @@ def motion_condition(
     choose = use_dense.to(flow.device)[:, None, None, None, None]
     return {
         "motion_rgb": torch.where(choose, dense_rgb, sparse_rgb),
+        "dense": use_dense.to(flow.device),
         "tracks": tracks,
         "track_mask": track_mask,
     }

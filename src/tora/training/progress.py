@@ -23,11 +23,13 @@ def format_seconds(seconds: float) -> str:
 
 
 class LineProgress(ProgressBar):
-    """One plain line per ``every_n_seconds`` of training (and at the last step)."""
+    """One plain line per ``every_n_seconds`` of training (and at the last step), each
+    opening with ``[label]`` when one is given (runs sharing a terminal)."""
 
-    def __init__(self, every_n_seconds: float = 30.0) -> None:
+    def __init__(self, every_n_seconds: float = 30.0, label: str | None = None) -> None:
         super().__init__()
         self.every_n_seconds = every_n_seconds
+        self.prefix = f"[{label}] " if label else ""
         self._enabled = True
         self._start = 0.0
         self._last_print = 0.0
@@ -66,7 +68,7 @@ class LineProgress(ProgressBar):
         else:
             where = f"step {step}"
             timing = f"{rate:.2f} it/s, {format_seconds(now - self._start)} elapsed"
-        print(f"[train] {where} {shown} | {timing}", file=sys.stdout, flush=True)
+        print(f"{self.prefix}[train] {where} {shown} | {timing}", file=sys.stdout, flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not (self._enabled and trainer.is_global_zero) or trainer.sanity_checking:
@@ -74,13 +76,20 @@ class LineProgress(ProgressBar):
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         if metrics:
             shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
-            print(f"[val] step {trainer.global_step} {shown}", file=sys.stdout, flush=True)
+            print(
+                f"{self.prefix}[val] step {trainer.global_step} {shown}",
+                file=sys.stdout,
+                flush=True,
+            )
 
 
-def progress_bar(every_n_seconds: float = 30.0, force: str | None = None) -> ProgressBar:
-    """Rich's bar on a terminal, :class:`LineProgress` otherwise (``force``: "rich" | "lines")."""
+def progress_bar(
+    every_n_seconds: float = 30.0, force: str | None = None, label: str | None = None
+) -> ProgressBar:
+    """Rich's bar on a terminal, :class:`LineProgress` otherwise (``force``: "rich" | "lines";
+    ``label`` names the lines' run)."""
     if force not in (None, "rich", "lines"):
         raise ValueError(f"progress_bar force={force!r}: null, 'rich' or 'lines' expected")
     if force == "rich" or (force is None and sys.stdout.isatty()):
         return RichProgressBar()
-    return LineProgress(every_n_seconds)
+    return LineProgress(every_n_seconds, label)
