@@ -137,6 +137,8 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     assert calls == [4, 1] and cache.hits == 3 and cache.hit_rate == pytest.approx(3 / 8)
     with pytest.raises(ValueError, match="one clip id per clip expected, got 2 for 4"):
         cache.encode(video, ids[:2], encode)
+    with pytest.raises(ValueError, match="got 2 ids and 4 latents for 4"):
+        cache.store(video, ids[:2], first)
     # The same ids at another clip size are other clips (never a wrong-shaped latent).
     longer = torch.rand(4, 3, 9, 16, 16) * 2 - 1
     assert cache.encode(longer, ids, encode).shape[2] == 3 and calls[-1] == 4
@@ -175,11 +177,13 @@ def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):
     dense = torch.tensor([True, False, True, False])
     mixed = module.encode_motion(rgb, dense, ids)
     torch.testing.assert_close(mixed, real_encode(rgb))
-    assert encoded == [2, 2] and sorted(module.motion_latent_cache.latents) == [
+    # A mixed batch is encoded whole; its dense clips' latents are kept.
+    assert encoded == [4] and sorted(module.motion_latent_cache.latents) == [
         "a@0/3x5x16x16",
         "c@0/3x5x16x16",
     ]
-    # The dense clips again (another map would be another clip's: the cache trusts ids).
+    # An all-dense batch reads them (another map would be another clip's: the cache
+    # trusts ids) and encodes only the rest.
     encoded.clear()
     again = module.encode_motion(rgb, torch.ones(4, dtype=torch.bool), ids)
     torch.testing.assert_close(again, mixed)

@@ -233,20 +233,17 @@ class VideoDiffusionModule(L.LightningModule):
         """The motion encoder's latents of ``motion_rgb [B, 3, T, H, W]``; those of dense
         clips (``dense [B]``) looked up in / added to the motion latent cache."""
         encode = self.motion_encoder.encode
-        if not (self.motion_latent_cache.max_clips and clip_ids is not None) or not dense.any():
+        cache = self.motion_latent_cache
+        if not (cache.max_clips and clip_ids is not None):
             return encode(motion_rgb)
-        flags = dense.tolist()
-        cached = [i for i, is_dense in enumerate(flags) if is_dense]
-        latents = self.motion_latent_cache.encode(
-            motion_rgb[cached], [clip_ids[i] for i in cached], encode
-        )
-        if len(cached) == len(flags):
-            return latents
-        fresh = [i for i, is_dense in enumerate(flags) if not is_dense]
-        out = latents.new_empty((len(flags), *latents.shape[1:]))
-        out[cached] = latents
-        out[fresh] = encode(motion_rgb[fresh])
-        return out
+        if dense.all():
+            return cache.encode(motion_rgb, clip_ids, encode)
+        # A mixed batch is encoded whole (one clip alone encodes slower than two on a
+        # CPU); its dense clips' latents are kept for the batches that are all dense.
+        latents = encode(motion_rgb)
+        cached = dense.nonzero().flatten().tolist()
+        cache.store(motion_rgb[cached], [clip_ids[i] for i in cached], latents[cached])
+        return latents
 
     def step_inputs(
         self,

@@ -55,23 +55,39 @@ class LatentCache:
             raise ValueError(
                 f"latent cache: one clip id per clip expected, got {len(clip_ids)} for {len(video)}"
             )
-        # The clip's [C, T, H, W] is part of its identity: a run that changes the clip
-        # length or resolution (the bench's frame sweep) never reads another size's latents.
-        shape = "x".join(map(str, video.shape[1:]))
-        clip_ids = [f"{clip}/{shape}" for clip in clip_ids]
+        clip_ids = self.keys(clip_ids, video.shape)
         missing = [i for i, clip in enumerate(clip_ids) if clip not in self.latents]
         self.hits += len(video) - len(missing)
         self.misses += len(missing)
         fresh = dict(zip(missing, encode(video[missing]), strict=True)) if missing else {}
-        for index, latent in fresh.items():
-            if len(self.latents) < self.max_clips:
-                self.latents[clip_ids[index]] = latent.detach().to("cpu", copy=True)
+        self.add([clip_ids[i] for i in fresh], list(fresh.values()))
         return torch.stack(
             [
                 fresh[index] if index in fresh else self.latents[clip].to(video.device)
                 for index, clip in enumerate(clip_ids)
             ]
         )
+
+    def store(self, clips: torch.Tensor, clip_ids: Sequence[str], latents: torch.Tensor) -> None:
+        """Keep the latents of ``clips`` (encoded elsewhere) while there is room."""
+        if len(clip_ids) != len(clips) or len(latents) != len(clips):
+            raise ValueError(
+                f"latent cache: one clip id and latent per clip expected, got {len(clip_ids)} "
+                f"ids and {len(latents)} latents for {len(clips)}"
+            )
+        self.add(self.keys(clip_ids, clips.shape), list(latents))
+
+    @staticmethod
+    def keys(clip_ids: Sequence[str], shape: torch.Size) -> list[str]:
+        # The clip's [C, T, H, W] is part of its identity: a run that changes the clip
+        # length or resolution (the bench's frame sweep) never reads another size's latents.
+        size = "x".join(map(str, shape[1:]))
+        return [f"{clip}/{size}" for clip in clip_ids]
+
+    def add(self, keys: Sequence[str], latents: Sequence[torch.Tensor]) -> None:
+        for key, latent in zip(keys, latents, strict=True):
+            if len(self.latents) < self.max_clips and key not in self.latents:
+                self.latents[key] = latent.detach().to("cpu", copy=True)
 
     @property
     def hit_rate(self) -> float:
