@@ -137,8 +137,8 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     assert calls == [4, 1] and cache.hits == 3 and cache.hit_rate == pytest.approx(3 / 8)
     with pytest.raises(ValueError, match="one clip id per clip expected, got 2 for 4"):
         cache.encode(video, ids[:2], encode)
-    with pytest.raises(ValueError, match="got 2 ids and 4 latents for 4"):
-        cache.store(video, ids[:2], first)
+    with pytest.raises(ValueError, match="one latent per clip id expected, got 4 for 2"):
+        cache.store(ids[:2], first, video.shape[1:])
     # The same ids at another clip size are other clips (never a wrong-shaped latent).
     longer = torch.rand(4, 3, 9, 16, 16) * 2 - 1
     assert cache.encode(longer, ids, encode).shape[2] == 3 and calls[-1] == 4

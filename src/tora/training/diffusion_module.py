@@ -242,7 +242,7 @@ class VideoDiffusionModule(L.LightningModule):
         # CPU); its dense clips' latents are kept for the batches that are all dense.
         latents = encode(motion_rgb)
         cached = dense.nonzero().flatten().tolist()
-        cache.store(motion_rgb[cached], [clip_ids[i] for i in cached], latents[cached])
+        cache.store([clip_ids[i] for i in cached], latents[cached], motion_rgb.shape[1:])
         return latents
 
     def step_inputs(

@@ -55,7 +55,7 @@ class LatentCache:
             raise ValueError(
                 f"latent cache: one clip id per clip expected, got {len(clip_ids)} for {len(video)}"
             )
-        clip_ids = self.keys(clip_ids, video.shape)
+        clip_ids = self.keys(clip_ids, video.shape[1:])
         missing = [i for i, clip in enumerate(clip_ids) if clip not in self.latents]
         self.hits += len(video) - len(missing)
         self.misses += len(missing)
@@ -68,20 +68,23 @@ class LatentCache:
             ]
         )
 
-    def store(self, clips: torch.Tensor, clip_ids: Sequence[str], latents: torch.Tensor) -> None:
-        """Keep the latents of ``clips`` (encoded elsewhere) while there is room."""
-        if len(clip_ids) != len(clips) or len(latents) != len(clips):
+    def store(
+        self, clip_ids: Sequence[str], latents: torch.Tensor, clip_shape: Sequence[int]
+    ) -> None:
+        """Keep ``latents`` encoded elsewhere, of clips ``clip_shape`` ``[C, T, H, W]``,
+        while there is room."""
+        if len(clip_ids) != len(latents):
             raise ValueError(
-                f"latent cache: one clip id and latent per clip expected, got {len(clip_ids)} "
-                f"ids and {len(latents)} latents for {len(clips)}"
+                f"latent cache: one latent per clip id expected, got {len(latents)} "
+                f"for {len(clip_ids)}"
             )
-        self.add(self.keys(clip_ids, clips.shape), list(latents))
+        self.add(self.keys(clip_ids, clip_shape), list(latents))
 
     @staticmethod
-    def keys(clip_ids: Sequence[str], shape: torch.Size) -> list[str]:
+    def keys(clip_ids: Sequence[str], clip_shape: Sequence[int]) -> list[str]:
         # The clip's [C, T, H, W] is part of its identity: a run that changes the clip
         # length or resolution (the bench's frame sweep) never reads another size's latents.
-        size = "x".join(map(str, shape[1:]))
+        size = "x".join(map(str, clip_shape))
         return [f"{clip}/{size}" for clip in clip_ids]
 
     def add(self, keys: Sequence[str], latents: Sequence[torch.Tensor]) -> None:
