@@ -11,11 +11,12 @@ import hydra
 import pytest
 import torch
 from conftest import SHORT, compose_train
+from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tora.checkpoints import read_state_dict
 from tora.train import instantiate_module, train
-from tora.training.latent_cache import LatentCache
+from tora.training.latent_cache import LatentCache, encoder_fingerprint
 from tora.training.motion_input import MotionSourceConfig
 from tora.training.optim import WarmupCosine
 
@@ -113,7 +114,7 @@ def test_warmup_cosine_schedule(tmp_path):
 
 def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
     """model.latent_cache: a cached clip's latents equal a fresh encode; clips are told
-    apart by key and frame-window start; nothing is stored beyond max_clips."""
+    apart by content (never by name); nothing is stored beyond max_clips."""
     module = build_module(
         ["experiment=base_t2v", "model.latent_cache=3", *NO_PREREQUISITES], tmp_path
     ).eval()
@@ -125,34 +126,79 @@ def test_latent_cache_returns_what_the_vae_encodes(tmp_path):
         return module.vae.encode_latents(clips)
 
     cache = module.latent_cache
-    ids = LatentCache.clip_ids(["a", "b", "a", "c"], torch.tensor([0, 0, 4, 0]))
-    assert ids == ["a@0", "b@0", "a@4", "c@0"]
-    first = cache.encode(video, ids, encode)
+    first = cache.encode(video, encode)
     torch.testing.assert_close(first, module.vae.encode_latents(video))
-    assert calls == [4] and len(cache.latents) == 3 and cache.hits == 0  # "c@0" did not fit
+    assert calls == [4] and len(cache.latents) == 3 and cache.hits == 0  # the 4th did not fit
     # Same clips in another order: three hits, the fourth encoded again.
     order = [3, 2, 1, 0]
-    again = cache.encode(video[order], [ids[i] for i in order], encode)
+    again = cache.encode(video[order], encode)
     torch.testing.assert_close(again, first[order])
     assert calls == [4, 1] and cache.hits == 3 and cache.hit_rate == pytest.approx(3 / 8)
-    with pytest.raises(ValueError, match="one clip id per clip expected, got 2 for 4"):
-        cache.encode(video, ids[:2], encode)
-    with pytest.raises(ValueError, match="one latent per clip id expected, got 4 for 2"):
-        cache.store(ids[:2], first, video.shape[1:])
-    # The same ids at another clip size are other clips (never a wrong-shaped latent).
+    with pytest.raises(ValueError, match="one latent per clip expected, got 4 for 2"):
+        cache.store(video[:2], first)
+    # One changed pixel, or another length, is another clip (never a stale latent).
+    changed = video.clone()
+    changed[0, 0, 0, 0, 0] += 0.5
+    assert len(set(cache.keys(changed)) & set(cache.keys(video))) == 3
     longer = torch.rand(4, 3, 9, 16, 16) * 2 - 1
-    assert cache.encode(longer, ids, encode).shape[2] == 3 and calls[-1] == 4
+    assert cache.encode(longer, encode).shape[2] == 3 and calls[-1] == 4
 
-    # Through the module: batches with keys and frame starts use it.
+    # Through the module, in training and validation steps alike (a validation clip
+    # named like a training clip is another clip: its content differs).
     batch = {"video": video, "caption": ["x"] * 4, "key": ["a", "b", "a", "c"]}
-    batch["frame_start"] = torch.tensor([0, 0, 4, 0])
     torch.testing.assert_close(module.step_inputs(batch).x0, first)
     assert cache.hits == 6
-    # Validation never touches the cache: its clip "a"@0 is another clip than training's.
-    seen = []
-    module.encode_video = lambda video, clip_ids=None: seen.append(clip_ids) or first
-    module.validation_step(dict(batch, video=torch.rand(4, 3, 5, 16, 16) * 2 - 1), 1)
-    assert seen == [None] and cache.hits == 6 and len(cache.latents) == 3
+    other = dict(batch, video=torch.rand(4, 3, 5, 16, 16) * 2 - 1)
+    torch.testing.assert_close(
+        module.step_inputs(other).x0, module.vae.encode_latents(other["video"])
+    )
+    assert cache.hits == 6
+
+
+def test_latent_store_keeps_latents_for_the_next_run(tmp_path):
+    """model.latent_store: the latents written by one run are read by the next run whose
+    encoder has the same fingerprint, up to max_clips; another encoder reads none; a file
+    that is not a latent store is refused with its name."""
+    module = build_module(["experiment=base_t2v", *NO_PREREQUISITES], tmp_path).eval()
+    video = torch.rand(3, 3, 5, 16, 16) * 2 - 1
+    cache = LatentCache(8)
+    latents = cache.encode(video, module.vae.encode_latents)
+    fingerprint = encoder_fingerprint(module.vae, {"arch": "tiny"}, "32-true")
+    path = cache.save(tmp_path / "store", "video", fingerprint, rank=1)
+    assert path.name == f"video-{fingerprint}-rank1.safetensors"
+
+    later = LatentCache(8)
+    assert later.load(tmp_path / "store", "video", fingerprint) == 3
+    torch.testing.assert_close(later.encode(video, lambda _: pytest.fail("encoded")), latents)
+    assert later.hits == 3 and later.misses == 0
+    assert LatentCache(2).load(tmp_path / "store", "video", fingerprint) == 2
+    # The fingerprint follows the weights, the config and the precision.
+    assert encoder_fingerprint(module.vae, {"arch": "tiny"}, "bf16-mixed") != fingerprint
+    assert encoder_fingerprint(module.vae, {"arch": "other"}, "32-true") != fingerprint
+    with torch.no_grad():
+        next(module.vae.parameters()).add_(1e-3)
+    changed = encoder_fingerprint(module.vae, {"arch": "tiny"}, "32-true")
+    assert changed != fingerprint
+    assert LatentCache(8).load(tmp_path / "store", "video", changed) == 0
+    # A file under a store's name without the store's metadata is refused.
+    bad = tmp_path / "store" / f"video-{changed}-rank0.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match=f"latent store {bad}: format"):
+        LatentCache(8).load(tmp_path / "store", "video", changed)
+
+
+def test_chain_passes_latents_between_stages(chain):
+    """The base leaves its video latents to stage 1 (same VAE: same fingerprint), so
+    stage 1's first step finds its clips cached; stage 1 leaves its dense motion latents."""
+    files = sorted(path.name for path in (chain / "latents").iterdir())
+    video_files = [name for name in files if name.startswith("video-")]
+    motion_files = [name for name in files if name.startswith("motion-")]
+    assert len(video_files) == 1 and len(motion_files) == 1, files
+    events = list((chain.parent / "stage1_flow" / "logs").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    hit_rates = accumulator.Scalars("train/latent_cache_hit_rate")
+    assert hit_rates[0].step == 0 and hit_rates[0].value == 1.0
 
 
 def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):
@@ -166,33 +212,29 @@ def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):
         "video": torch.rand(4, 3, 5, 16, 16, generator=generator) * 2 - 1,
         "flow": torch.randn(4, 4, 16, 16, 2, generator=generator) * 2,
         "caption": ["a red circle moves right"] * 4,
-        "key": ["a", "b", "c", "d"],
-        "frame_start": torch.zeros(4, dtype=torch.long),
     }
     encoded = []
     real_encode = module.motion_encoder.encode
     module.motion_encoder.encode = lambda rgb: encoded.append(len(rgb)) or real_encode(rgb)
-    ids = LatentCache.batch_clip_ids(batch)
     rgb = torch.rand(4, 3, 5, 16, 16, generator=generator) * 2 - 1
     dense = torch.tensor([True, False, True, False])
-    mixed = module.encode_motion(rgb, dense, ids)
+    mixed = module.encode_motion(rgb, dense)
     torch.testing.assert_close(mixed, real_encode(rgb))
     # A mixed batch is encoded whole; its dense clips' latents are kept.
-    assert encoded == [4] and sorted(module.motion_latent_cache.latents) == [
-        "a@0/3x5x16x16",
-        "c@0/3x5x16x16",
-    ]
-    # An all-dense batch reads them (another map would be another clip's: the cache
-    # trusts ids) and encodes only the rest.
+    keys = LatentCache.keys(rgb)
+    assert encoded == [4] and sorted(module.motion_latent_cache.latents) == sorted(
+        [keys[0], keys[2]]
+    )
+    # An all-dense batch reads them and encodes only the rest.
     encoded.clear()
-    again = module.encode_motion(rgb, torch.ones(4, dtype=torch.bool), ids)
+    again = module.encode_motion(rgb, torch.ones(4, dtype=torch.bool))
     torch.testing.assert_close(again, mixed)
     assert encoded == [2] and module.motion_latent_cache.hits == 2
-    # No dense clip, or no ids (validation): the encoder only.
+    # No dense clip: the encoder only, nothing looked up.
     encoded.clear()
-    module.encode_motion(rgb, torch.zeros(4, dtype=torch.bool), ids)
-    module.encode_motion(rgb, dense, None)
-    assert encoded == [4, 4] and module.motion_latent_cache.hits == 2
+    module.encode_motion(rgb, torch.zeros(4, dtype=torch.bool))
+    assert encoded == [4] and module.motion_latent_cache.hits == 2
+    assert module.motion_latent_cache.misses == 2
     # Through a training step's inputs: stage 1's dense source fills it from the flow.
     module.motion_source = MotionSourceConfig(kind="dense")
     module.motion_latent_cache = LatentCache(8)

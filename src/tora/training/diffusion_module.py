@@ -24,7 +24,7 @@ from tora.checkpoints import load_weights, read_state_dict
 from tora.inference import Conditioning, GenerationConfig, TextCondition, ToraPipeline
 from tora.models.build import COMPONENT_KEYS, ToraComponents, build_tora, component_config
 from tora.motion import draw_tracks
-from tora.training.latent_cache import LatentCache
+from tora.training.latent_cache import LatentCache, encoder_fingerprint
 from tora.training.logging import log_parameter_counts, log_video_grid
 from tora.training.motion_input import MotionSourceConfig, at_step, motion_condition
 from tora.training.optim import build_optimizers
@@ -88,8 +88,11 @@ class VideoDiffusionModule(L.LightningModule):
         motion_source: where a training clip's motion condition comes from.
         validation: see :class:`ValidationConfig`.
         compile: ``torch.compile`` the backbone.
-        latent_cache: keep the frozen VAE's latents of up to this many training clips,
-            and the motion encoder's latents of as many dense-flow conditions.
+        latent_cache: keep the frozen VAE's latents of up to this many clips, and the
+            motion encoder's latents of as many dense-flow conditions.
+        latent_store: a directory where the cached latents are written at the end of
+            training and read at the start by runs with the same encoders (None: the
+            cache lives as long as the run).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class VideoDiffusionModule(L.LightningModule):
         validation: Mapping[str, Any] | None = None,
         compile: bool = False,
         latent_cache: int = 0,
+        latent_store: str | None = None,
     ) -> None:
         super().__init__()
         if trainable not in TRAINABLE_SETS:
@@ -128,6 +132,7 @@ class VideoDiffusionModule(L.LightningModule):
         # A dense condition is a function of the clip (its flow), so its latents are as
         # cacheable as the video's; sparse ones are drawn anew each step.
         self.motion_latent_cache = LatentCache(latent_cache)
+        self.latent_store = latent_store
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VideoDiffusionModule:
@@ -197,11 +202,11 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------ conditions
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor, clip_ids: list[str] | None = None) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """The frozen VAE's normalised latents; looked up in / added to the latent
-        cache when it is on and the clips are identified."""
-        if self.latent_cache.max_clips and clip_ids is not None:
-            return self.latent_cache.encode(video, clip_ids, self.vae.encode_latents)
+        cache when it is on."""
+        if self.latent_cache.max_clips:
+            return self.latent_cache.encode(video, self.vae.encode_latents)
         return self.vae.encode_latents(video)
 
     def encode_text(self, captions: list[str]) -> TextCondition:
@@ -212,48 +217,43 @@ class VideoDiffusionModule(L.LightningModule):
         self,
         batch: dict[str, Any],
         generator: torch.Generator | None = None,
-        clip_ids: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Flow-RGB condition and its latents (empty for the base model); with
-        ``clip_ids``, dense conditions' latents go through the motion latent cache."""
+        """Flow-RGB condition and its latents (empty for the base model); dense
+        conditions' latents go through the motion latent cache."""
         if self.model.motion_guidance is None:
             return {}
         assert self.components.motion_rgb is not None  # built with the motion guidance
         source = at_step(self.motion_source, self.global_step)
         condition = motion_condition(batch, source, self.components.motion_rgb, generator)
         condition["motion_latents"] = self.encode_motion(
-            condition["motion_rgb"], condition["dense"], clip_ids
+            condition["motion_rgb"], condition["dense"]
         )
         return condition
 
     @torch.no_grad()
-    def encode_motion(
-        self, motion_rgb: torch.Tensor, dense: torch.Tensor, clip_ids: list[str] | None
-    ) -> torch.Tensor:
+    def encode_motion(self, motion_rgb: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """The motion encoder's latents of ``motion_rgb [B, 3, T, H, W]``; those of dense
         clips (``dense [B]``) looked up in / added to the motion latent cache."""
         encode = self.motion_encoder.encode
         cache = self.motion_latent_cache
-        if not (cache.max_clips and clip_ids is not None):
+        if not (cache.max_clips and dense.any()):
             return encode(motion_rgb)
         if dense.all():
-            return cache.encode(motion_rgb, clip_ids, encode)
+            return cache.encode(motion_rgb, encode)
         # A mixed batch is encoded whole (one clip alone encodes slower than two on a
         # CPU); its dense clips' latents are kept for the batches that are all dense.
         latents = encode(motion_rgb)
         cached = dense.nonzero().flatten().tolist()
-        cache.store([clip_ids[i] for i in cached], latents[cached], motion_rgb.shape[1:])
+        cache.store(motion_rgb[cached], latents[cached])
         return latents
 
     def step_inputs(
         self,
         batch: dict[str, Any],
         generator: torch.Generator | None = None,
-        use_latent_cache: bool = True,
     ) -> StepInputs:
-        clip_ids = LatentCache.batch_clip_ids(batch) if use_latent_cache else None
-        x0 = self.encode_video(batch["video"], clip_ids)
-        motion = self.motion_inputs(batch, generator, clip_ids)
+        x0 = self.encode_video(batch["video"])
+        motion = self.motion_inputs(batch, generator)
         extra = {"fps": batch["fps"].to(x0)} if "fps" in batch else {}
         if "motion_latents" in motion:
             extra["motion_latents"] = motion["motion_latents"]
@@ -302,16 +302,49 @@ class VideoDiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         log_parameter_counts(self)
+        for part, cache, encoder in self.stored_caches():
+            added = cache.load(self.latent_store, part, self.encoder_fingerprint(encoder, part))
+            log.info("latent store: %d %s latents read from %s", added, part, self.latent_store)
+
+    def on_train_end(self) -> None:
+        for part, cache, encoder in self.stored_caches():
+            if cache.latents:
+                path = cache.save(
+                    self.latent_store,
+                    part,
+                    self.encoder_fingerprint(encoder, part),
+                    self.trainer.global_rank,
+                )
+                log.info(
+                    "latent store: %d %s latents written to %s", len(cache.latents), part, path
+                )
+
+    def stored_caches(self) -> list[tuple[str, LatentCache, torch.nn.Module]]:
+        """(part, cache, encoder) of the caches ``latent_store`` keeps: the video VAE's
+        and, with motion guidance, the motion encoder's."""
+        if not (self.latent_store and self.latent_cache.max_clips):
+            return []
+        stored = [("video", self.latent_cache, self.vae)]
+        if self.model.motion_guidance is not None:
+            stored.append(("motion", self.motion_latent_cache, self.motion_encoder))
+        return stored
+
+    def encoder_fingerprint(self, encoder: torch.nn.Module, part: str) -> str:
+        config_key = "vae" if part == "video" else "motion_encoder"
+        # The file a component was loaded from is not part of what it computes.
+        config = {
+            key: value
+            for key, value in (self.hparams["net_config"].get(config_key) or {}).items()
+            if key != "checkpoint"
+        }
+        return encoder_fingerprint(encoder, config, str(self.trainer.precision))
 
     # ------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss at fixed timesteps with fixed noise (comparable across runs), and
         sampled clips for the first batch."""
         generator = torch.Generator().manual_seed(self.validation_config.seed + batch_idx)
-        # Validation clips are never cached: their keys may repeat training keys (the
-        # synthetic splits both count clip-000000, ...), and a shared entry would pair a
-        # validation caption and motion with a training clip's latents.
-        inputs = self.step_inputs(batch, generator, use_latent_cache=False)
+        inputs = self.step_inputs(batch, generator)
         noise = torch.randn(inputs.x0.shape, generator=generator).to(inputs.x0)
         losses = []
         batch_size = inputs.x0.shape[0]

@@ -1,23 +1,41 @@
-"""The frozen video VAE's latents of training clips, kept in memory across epochs.
+"""Frozen encoders' latents of training clips, kept across epochs and across runs.
 
-The diffusion stages encode every clip with a frozen VAE (posterior mode: the
-same clip always gives the same latent), and on the tiny world that encode is
-most of a stage-1 step (docs/results.md, training-step benchmark). A clip is
-identified by its sample key and the start of its frame window, so clips cut from
-longer videos at random starts are cached per window.
+The diffusion stages encode every clip with a frozen VAE (posterior mode: the same
+clip always gives the same latent), and on the tiny world that encode is most of a
+stage-1 step (docs/results.md, training-step benchmark). A clip is identified by its
+content (a SHA-256 of the encoder's input, with its dtype and shape), so two datasets
+whose samples share a name never share latents, and a map made by other motion
+settings is another clip.
+
+With a store directory the latents also outlive the run: they are written at the end
+of training to ``<dir>/<part>-<fingerprint>-rank<r>.safetensors``, where the
+fingerprint hashes the encoder's config, weights and the run's precision, and the next
+run whose encoder has the same fingerprint starts with them (the base model leaves its
+video latents to stage 1, an ablation sweep's first run to the others).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "tora-latents-1"
 
 
 class LatentCache:
-    """Latents by clip, on the CPU, for at most ``max_clips`` clips (later clips are
-    encoded every time once it is full; nothing is evicted).
+    """Latents by clip content, on the CPU, for at most ``max_clips`` clips (later clips
+    are encoded every time once it is full; nothing is evicted).
 
     Args:
         max_clips: how many clips' latents to keep (0: the cache is off).
@@ -32,60 +50,42 @@ class LatentCache:
         self.misses = 0
 
     @staticmethod
-    def clip_ids(keys: Sequence[str], frame_starts: torch.Tensor | Sequence[int]) -> list[str]:
-        return [f"{key}@{int(start)}" for key, start in zip(keys, frame_starts, strict=True)]
-
-    @classmethod
-    def batch_clip_ids(cls, batch: Mapping[str, Any]) -> list[str] | None:
-        """The clip ids of a DataModule batch (``key`` and ``frame_start``); None for a
-        batch without them, whose clips are then always encoded."""
-        if "key" not in batch or "frame_start" not in batch:
-            return None
-        return cls.clip_ids(batch["key"], batch["frame_start"])
+    def keys(inputs: torch.Tensor) -> list[str]:
+        """One key per clip of the ``[B, ...]`` encoder input: the SHA-256 of its bytes,
+        its dtype and shape (about 0.5 ms per 17 x 64 x 64 clip on a CPU)."""
+        clips = inputs.detach().to("cpu").contiguous()
+        size = "x".join(map(str, clips.shape[1:]))
+        dtype = str(clips.dtype).removeprefix("torch.")
+        return [
+            f"{hashlib.sha256(clip.view(-1).view(torch.uint8).numpy()).hexdigest()}/{dtype}/{size}"
+            for clip in clips
+        ]
 
     def encode(
-        self,
-        video: torch.Tensor,
-        clip_ids: Sequence[str],
-        encode: Callable[[torch.Tensor], torch.Tensor],
+        self, inputs: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Latents of the ``[B, C, T, H, W]`` batch ``video``: cached ones looked up,
+        """Latents of the ``[B, C, T, H, W]`` batch ``inputs``: cached ones looked up,
         the rest encoded with ``encode`` in one call and stored while there is room."""
-        if len(clip_ids) != len(video):
-            raise ValueError(
-                f"latent cache: one clip id per clip expected, got {len(clip_ids)} for {len(video)}"
-            )
-        clip_ids = self.keys(clip_ids, video.shape[1:])
-        missing = [i for i, clip in enumerate(clip_ids) if clip not in self.latents]
-        self.hits += len(video) - len(missing)
+        keys = self.keys(inputs)
+        missing = [i for i, key in enumerate(keys) if key not in self.latents]
+        self.hits += len(inputs) - len(missing)
         self.misses += len(missing)
-        fresh = dict(zip(missing, encode(video[missing]), strict=True)) if missing else {}
-        self.add([clip_ids[i] for i in fresh], list(fresh.values()))
+        fresh = dict(zip(missing, encode(inputs[missing]), strict=True)) if missing else {}
+        self.add([keys[i] for i in fresh], list(fresh.values()))
         return torch.stack(
             [
-                fresh[index] if index in fresh else self.latents[clip].to(video.device)
-                for index, clip in enumerate(clip_ids)
+                fresh[index] if index in fresh else self.latents[key].to(inputs.device)
+                for index, key in enumerate(keys)
             ]
         )
 
-    def store(
-        self, clip_ids: Sequence[str], latents: torch.Tensor, clip_shape: Sequence[int]
-    ) -> None:
-        """Keep ``latents`` encoded elsewhere, of clips ``clip_shape`` ``[C, T, H, W]``,
-        while there is room."""
-        if len(clip_ids) != len(latents):
+    def store(self, inputs: torch.Tensor, latents: torch.Tensor) -> None:
+        """Keep ``latents``, encoded elsewhere from ``inputs``, while there is room."""
+        if len(inputs) != len(latents):
             raise ValueError(
-                f"latent cache: one latent per clip id expected, got {len(latents)} "
-                f"for {len(clip_ids)}"
+                f"latent cache: one latent per clip expected, got {len(latents)} for {len(inputs)}"
             )
-        self.add(self.keys(clip_ids, clip_shape), list(latents))
-
-    @staticmethod
-    def keys(clip_ids: Sequence[str], clip_shape: Sequence[int]) -> list[str]:
-        # The clip's [C, T, H, W] is part of its identity: a run that changes the clip
-        # length or resolution (the bench's frame sweep) never reads another size's latents.
-        size = "x".join(map(str, clip_shape))
-        return [f"{clip}/{size}" for clip in clip_ids]
+        self.add(self.keys(inputs), list(latents))
 
     def add(self, keys: Sequence[str], latents: Sequence[torch.Tensor]) -> None:
         for key, latent in zip(keys, latents, strict=True):
@@ -96,3 +96,51 @@ class LatentCache:
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+    # ------------------------------------------------------------------ store
+    def save(self, directory: str | Path, part: str, fingerprint: str, rank: int = 0) -> Path:
+        """Write the latents for later runs (each rank its own file, replaced whole)."""
+        path = Path(directory) / f"{part}-{fingerprint}-rank{rank}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {key: latent.contiguous() for key, latent in self.latents.items()}
+        save_file(tensors, str(tmp), metadata={"format": STORE_FORMAT, "fingerprint": fingerprint})
+        os.replace(tmp, path)
+        return path
+
+    def load(self, directory: str | Path, part: str, fingerprint: str) -> int:
+        """Read the latents that runs with the same encoder left in ``directory`` (every
+        rank's file), up to ``max_clips``; returns how many were added."""
+        before = len(self.latents)
+        for path in sorted(Path(directory).glob(f"{part}-{fingerprint}-rank*.safetensors")):
+            with safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+                if metadata.get("format") != STORE_FORMAT or metadata.get("fingerprint") != (
+                    fingerprint
+                ):
+                    raise ValueError(
+                        f"latent store {path}: format {STORE_FORMAT!r} with fingerprint "
+                        f"{fingerprint!r} expected, got {metadata}; delete the file"
+                    )
+                for key in file.keys():  # noqa: SIM118  # safe_open is not a mapping
+                    if len(self.latents) >= self.max_clips:
+                        break
+                    if key not in self.latents:
+                        self.latents[key] = file.get_tensor(key)
+        return len(self.latents) - before
+
+
+def encoder_fingerprint(
+    encoder: torch.nn.Module, config: Mapping[str, Any] | None, precision: str
+) -> str:
+    """A short hash of what an encoder computes: its class, config, weights (names,
+    dtypes, shapes, values) and the training precision (autocast changes latents)."""
+    digest = hashlib.sha256()
+    digest.update(f"{type(encoder).__module__}.{type(encoder).__qualname__}".encode())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(precision.encode())
+    for name, tensor in encoder.state_dict().items():
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}/{data.dtype}/{tuple(data.shape)}".encode())
+        digest.update(data.view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
