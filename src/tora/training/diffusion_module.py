@@ -302,42 +302,42 @@ class VideoDiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         log_parameter_counts(self)
-        for part, cache, encoder in self.stored_caches():
-            added = cache.load(self.latent_store, part, self.encoder_fingerprint(encoder, part))
-            log.info("latent store: %d %s latents read from %s", added, part, self.latent_store)
+        for store, part, cache, fingerprint in self.stored_caches():
+            added = cache.load(store, part, fingerprint)
+            log.info("latent store: %d %s latents read from %s", added, part, store)
 
     def on_train_end(self) -> None:
-        for part, cache, encoder in self.stored_caches():
+        for store, part, cache, fingerprint in self.stored_caches():
             if cache.latents:
-                path = cache.save(
-                    self.latent_store,
-                    part,
-                    self.encoder_fingerprint(encoder, part),
-                    self.trainer.global_rank,
-                )
+                path = cache.save(store, part, fingerprint, self.trainer.global_rank)
                 log.info(
                     "latent store: %d %s latents written to %s", len(cache.latents), part, path
                 )
 
-    def stored_caches(self) -> list[tuple[str, LatentCache, torch.nn.Module]]:
-        """(part, cache, encoder) of the caches ``latent_store`` keeps: the video VAE's
-        and, with motion guidance, the motion encoder's."""
-        if not (self.latent_store and self.latent_cache.max_clips):
+    def stored_caches(self) -> list[tuple[str, str, LatentCache, str]]:
+        """(store, part, cache, encoder fingerprint) of the caches ``latent_store`` keeps:
+        the video VAE's and, with motion guidance, the motion encoder's."""
+        store = self.latent_store
+        if not (store and self.latent_cache.max_clips):
             return []
-        stored = [("video", self.latent_cache, self.vae)]
+        encoders: list[tuple[str, LatentCache, torch.nn.Module, str]] = [
+            ("video", self.latent_cache, self.vae, "vae")
+        ]
         if self.model.motion_guidance is not None:
-            stored.append(("motion", self.motion_latent_cache, self.motion_encoder))
+            encoders.append(
+                ("motion", self.motion_latent_cache, self.motion_encoder, "motion_encoder")
+            )
+        precision = str(self.trainer.precision)
+        stored = []
+        for part, cache, encoder, config_key in encoders:
+            # The file a component was loaded from is not part of what it computes.
+            config = {
+                key: value
+                for key, value in (self.hparams["net_config"].get(config_key) or {}).items()
+                if key != "checkpoint"
+            }
+            stored.append((store, part, cache, encoder_fingerprint(encoder, config, precision)))
         return stored
-
-    def encoder_fingerprint(self, encoder: torch.nn.Module, part: str) -> str:
-        config_key = "vae" if part == "video" else "motion_encoder"
-        # The file a component was loaded from is not part of what it computes.
-        config = {
-            key: value
-            for key, value in (self.hparams["net_config"].get(config_key) or {}).items()
-            if key != "checkpoint"
-        }
-        return encoder_fingerprint(encoder, config, str(self.trainer.precision))
 
     # ------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
