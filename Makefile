@@ -88,6 +88,14 @@ $(CKPT_DIR)/base_t2v.ckpt: $(CKPT_DIR)/video_vae.ckpt
 $(CKPT_DIR)/motion_vae.ckpt: $(CKPT_DIR)/video_vae.ckpt
 	$(LINES)$(TRAIN) experiment=motion_vae $(WORLD_VAE) $(ARGS)
 
+# Stage 1's dense motion latents (model.latent_store), encoded once the motion VAE is
+# done, on the core it leaves while the base still trains: stage 1 then encodes nothing.
+MOTION_LATENTS := $(CKPT_DIR)/latents/stage1_motion.done
+$(MOTION_LATENTS): $(CKPT_DIR)/motion_vae.ckpt
+	$(LINES)$(TRAIN) experiment=stage1_flow 'encode_latents=[motion]' model.init_checkpoint=null \
+		task_name=stage1_motion_latents $(WORLD_DIT) $(ARGS)
+	mkdir -p $(@D) && touch $@
+
 # The base model and the motion VAE each need only the video VAE, so they train at once,
 # one thread each: on 2 cores a second process doubles the throughput where a second
 # torch thread gives 1.2-1.4x for these small models (docs/results.md).
@@ -95,7 +103,7 @@ SIDE_BY_SIDE ?= 1
 STAGE1_PREREQS := $(CKPT_DIR)/base_t2v.ckpt $(CKPT_DIR)/motion_vae.ckpt
 stage1-prereqs: $(CKPT_DIR)/video_vae.ckpt
 ifeq ($(SIDE_BY_SIDE),1)
-	$(MAKE) --no-print-directory -j2 $(STAGE1_PREREQS) THREADS=1 SHARED_TERMINAL=1
+	$(MAKE) --no-print-directory -j2 $(STAGE1_PREREQS) $(MOTION_LATENTS) THREADS=1 SHARED_TERMINAL=1
 else
 	$(MAKE) --no-print-directory $(STAGE1_PREREQS)
 endif

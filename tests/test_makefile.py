@@ -11,13 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Records its environment and arguments, takes a second, then writes the checkpoint the
+# Records its environment and arguments, takes a while, then writes the checkpoint the
 # Makefile expects (checkpoints/<experiment>.ckpt), as tora.train's export does.
+# An encode_latents run is recorded as encode_<experiment> and exports nothing.
 FAKE_PYTHON = """#!/bin/bash
 for arg in "$@"; do case $arg in experiment=*) name=${arg#experiment=};; esac; done
+for arg in "$@"; do case $arg in encode_latents=*) name=encode_$name;; esac; done
 echo "$(date +%s.%N) start $name threads=${OMP_NUM_THREADS:-} label=${TORA_PROGRESS_LABEL:-}" >> calls.log
-sleep 1
-touch checkpoints/$name.ckpt
+case $name in base_t2v) sleep 3;; *) sleep 1;; esac  # the base takes longest, as it does
+case $name in encode_*) ;; *) touch checkpoints/$name.ckpt;; esac
 echo "$(date +%s.%N) end $name" >> calls.log
 """
 
@@ -72,14 +74,18 @@ def make(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_stage1_trains_base_and_motion_vae_side_by_side(project):
     make(project, "train-stage1")
     calls = runs(project)
-    assert set(calls) == {"base_t2v", "motion_vae", "stage1_flow"}
+    assert set(calls) == {"base_t2v", "motion_vae", "encode_stage1_flow", "stage1_flow"}
     base, motion, stage1 = calls["base_t2v"], calls["motion_vae"], calls["stage1_flow"]
+    encode = calls["encode_stage1_flow"]
     # Both prerequisites at once, one thread each, their lines labelled with their names.
     assert base["start"] < motion["end"] and motion["start"] < base["end"]
     assert (base["threads"], motion["threads"]) == ("1", "1")
     assert (base["label"], motion["label"]) == ("base_t2v", "motion_vae")
-    # Stage 1 after both, with torch's own thread count and the terminal to itself.
-    assert stage1["start"] > max(base["end"], motion["end"])
+    # Stage 1's motion latents after the motion VAE, beside the base, one thread.
+    assert motion["end"] <= encode["start"] < base["end"]
+    assert (encode["threads"], encode["label"]) == ("1", "stage1_motion")
+    # Stage 1 after all three, with torch's own thread count and the terminal to itself.
+    assert stage1["start"] > max(base["end"], motion["end"], encode["end"])
     assert (stage1["threads"], stage1["label"]) == ("", "")
     # Done once: a second call trains only stage 1 again.
     (project / "calls.log").unlink()

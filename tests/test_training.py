@@ -171,6 +171,7 @@ def test_latent_store_keeps_latents_for_the_next_run(tmp_path):
     assert later.load(tmp_path / "store", "video", fingerprint) == 3
     torch.testing.assert_close(later.encode(video, lambda _: pytest.fail("encoded")), latents)
     assert later.hits == 3 and later.misses == 0
+    assert later.unsaved == 0 and cache.unsaved == 0  # nothing new to write back
     assert LatentCache(2).load(tmp_path / "store", "video", fingerprint) == 2
     # The fingerprint follows the weights, the config and the precision.
     assert encoder_fingerprint(module.vae, {"arch": "tiny"}, "bf16-mixed") != fingerprint
@@ -199,6 +200,53 @@ def test_chain_passes_latents_between_stages(chain):
     accumulator.Reload()
     hit_rates = accumulator.Scalars("train/latent_cache_hit_rate")
     assert hit_rates[0].step == 0 and hit_rates[0].value == 1.0
+
+
+def test_encode_latents_fills_the_store_stage_1_reads(tmp_path, chain, synthetic_shards):
+    """encode_latents=[motion]: one pass over the training clips with the motion VAE,
+    before the base exists, writes the file stage 1 reads (same fingerprint, same
+    latents) and trains nothing."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for name in ["video_vae.ckpt", "motion_vae.ckpt"]:
+        (checkpoints / name).symlink_to(chain / name)
+    overrides = [
+        "experiment=stage1_flow",
+        "encode_latents=[motion]",
+        "model.init_checkpoint=null",
+        *SHORT,
+    ]
+    train(compose_train(overrides, tmp_path / "run", synthetic_shards, checkpoints))
+    written = sorted((checkpoints / "latents").iterdir())
+    assert [path.name for path in written] == [
+        path.name for path in sorted((chain / "latents").glob("motion-*"))
+    ]
+    assert not (checkpoints / "stage1_flow.ckpt").exists()
+    encoded, trained = LatentCache(64), LatentCache(64)
+    fingerprint = written[0].name.split("-")[1]
+    assert encoded.load(checkpoints / "latents", "motion", fingerprint) == 8  # every clip
+    trained.load(chain / "latents", "motion", fingerprint)
+    shared = set(encoded.latents) & set(trained.latents)
+    assert shared
+    for key in shared:
+        torch.testing.assert_close(encoded.latents[key], trained.latents[key])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["experiment=stage1_flow", "encode_latents=[flow]"], r"parts among \['video', 'motion'\]"),
+        (["experiment=base_t2v", "encode_latents=[motion]"], "'motion' needs an experiment with"),
+        (
+            ["experiment=stage1_flow", "encode_latents=[video]", "model.latent_store=null"],
+            "model.latent_store set",
+        ),
+    ],
+)
+def test_encode_latents_refuses_what_it_cannot_store(tmp_path, overrides, message):
+    cfg = compose_train([*overrides, *NO_PREREQUISITES], tmp_path)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
 
 
 def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):

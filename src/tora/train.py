@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from tora.training.checkpoint_io import resume_checkpoint
 from tora.training.preemption import SIGTERM_EXIT_CODE
@@ -46,7 +49,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
 
-    if cfg.get("train", True):
+    encoding = bool(cfg.get("encode_latents"))
+    if encoding:
+        encode_latents(trainer, model, datamodule, list(cfg.encode_latents))
+    elif cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), trainer)
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -57,10 +63,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     export = cfg.get("export_checkpoint")
-    if export and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets Trainer.fast_dev_run in trainer/setup.py, undeclared on the class
+    if export and not encoding and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets Trainer.fast_dev_run in trainer/setup.py, undeclared on the class
         export_checkpoint(trainer, Path(export))
     log_run_summary(trainer, model, datamodule, metrics)
     return metrics
+
+
+LATENT_PARTS = ("video", "motion")
+
+
+def encode_latents(
+    trainer: L.Trainer,
+    model: VideoDiffusionModule | VAEModule,
+    datamodule: ShardDataModule,
+    parts: list[str],
+) -> None:
+    """Fill ``model.latent_store`` from one pass over the training clips, without
+    training: the encoders' latents of ``parts`` ("video", "motion") for later runs.
+    One process reads every training shard, on the trainer's device and precision."""
+    from tora.training.diffusion_module import VideoDiffusionModule
+
+    unknown = [part for part in parts if part not in LATENT_PARTS]
+    if unknown:
+        raise ValueError(f"encode_latents={parts}: parts among {list(LATENT_PARTS)} expected")
+    if not (
+        isinstance(model, VideoDiffusionModule)
+        and model.latent_store
+        and model.latent_cache.max_clips
+    ):
+        raise ValueError(
+            "encode_latents: a diffusion experiment with model.latent_store set and "
+            "model.latent_cache > 0 expected"
+        )
+    if "motion" in parts and model.model.motion_guidance is None:
+        raise ValueError("encode_latents: 'motion' needs an experiment with motion guidance")
+    model.trainer = trainer  # its precision is part of the encoders' fingerprints
+    model.to(trainer.strategy.root_device).eval()
+    model.read_latent_store()
+    loader = datamodule.train_dataloader()
+    interval = 0.1 if sys.stdout.isatty() else 30.0
+    with trainer.precision_plugin.forward_context():
+        for batch in tqdm(loader, desc="encode latents", file=sys.stdout, mininterval=interval):
+            model.encode_latents(move_data_to_device(batch, model.device), parts)
+    model.write_latent_store()
 
 
 def instantiate_module(cfg: DictConfig) -> VideoDiffusionModule | VAEModule:

@@ -302,13 +302,29 @@ class VideoDiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         log_parameter_counts(self)
+        self.read_latent_store()
+
+    def on_train_end(self) -> None:
+        self.write_latent_store()
+
+    # ------------------------------------------------------------ latent store
+    @torch.no_grad()
+    def encode_latents(self, batch: dict[str, Any], parts: Sequence[str]) -> None:
+        """Fill the latent caches of ``parts`` ("video", "motion": the dense conditions
+        the motion source makes) from a batch, without a training step."""
+        if "video" in parts:
+            self.encode_video(batch["video"])
+        if "motion" in parts:
+            self.motion_inputs(batch)
+
+    def read_latent_store(self) -> None:
         for store, part, cache, fingerprint in self.stored_caches():
             added = cache.load(store, part, fingerprint)
             log.info("latent store: %d %s latents read from %s", added, part, store)
 
-    def on_train_end(self) -> None:
+    def write_latent_store(self) -> None:
         for store, part, cache, fingerprint in self.stored_caches():
-            if cache.latents:
+            if cache.unsaved:  # a file read at the start is not written back unchanged
                 path = cache.save(store, part, fingerprint, self.trainer.global_rank)
                 log.info(
                     "latent store: %d %s latents written to %s", len(cache.latents), part, path

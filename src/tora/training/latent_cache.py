@@ -48,6 +48,7 @@ class LatentCache:
         self.latents: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.unsaved = 0  # latents added since the last load or save
 
     @staticmethod
     def keys(inputs: torch.Tensor) -> list[str]:
@@ -91,6 +92,7 @@ class LatentCache:
         for key, latent in zip(keys, latents, strict=True):
             if len(self.latents) < self.max_clips and key not in self.latents:
                 self.latents[key] = latent.detach().to("cpu", copy=True)
+                self.unsaved += 1
 
     @property
     def hit_rate(self) -> float:
@@ -106,6 +108,7 @@ class LatentCache:
         tensors = {key: latent.contiguous() for key, latent in self.latents.items()}
         save_file(tensors, str(tmp), metadata={"format": STORE_FORMAT, "fingerprint": fingerprint})
         os.replace(tmp, path)
+        self.unsaved = 0
         return path
 
     def load(self, directory: str | Path, part: str, fingerprint: str) -> int:
