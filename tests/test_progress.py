@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
-from tora.training.progress import LineProgress, format_seconds, progress_bar
+from tora.training.progress import LineProgress, format_seconds, progress_bar, progress_lines
 from tora.utils.config import CONFIG_DIR
 
 
@@ -109,3 +109,19 @@ def test_progress_bar_choice_and_config():
 def test_format_seconds():
     assert format_seconds(59.6) == "1:00"
     assert format_seconds(3725) == "1:02:05"
+
+
+def test_progress_lines_for_a_pass_outside_training(capsys):
+    """encode_latents' pass: every item comes through; off a terminal, labelled lines at
+    the interval and always one at the end."""
+    items = list(progress_lines(range(5), 5, "encode", "stage1_motion", every_n_seconds=3600))
+    assert items == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[stage1_motion] [encode] 5/5 (100%) |")
+    list(progress_lines(range(3), 3, "encode", every_n_seconds=0))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" |")[0] for line in lines] == [
+        "[encode] 1/3 (33%)",
+        "[encode] 2/3 (67%)",
+        "[encode] 3/3 (100%)",
+    ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,10 +17,10 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from tora.training.checkpoint_io import resume_checkpoint
 from tora.training.preemption import SIGTERM_EXIT_CODE
+from tora.training.progress import progress_lines
 from tora.utils.config import CONFIG_PATH
 from tora.utils.run import instantiate_callbacks, instantiate_loggers, log_run_summary, print_config
 
@@ -51,7 +50,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     encoding = bool(cfg.get("encode_latents"))
     if encoding:
-        encode_latents(trainer, model, datamodule, list(cfg.encode_latents))
+        label = OmegaConf.select(cfg, "callbacks.progress_bar.label")
+        encode_latents(trainer, model, datamodule, list(cfg.encode_latents), label)
     elif cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), trainer)
         try:
@@ -77,6 +77,7 @@ def encode_latents(
     model: VideoDiffusionModule | VAEModule,
     datamodule: ShardDataModule,
     parts: list[str],
+    label: str | None = None,
 ) -> None:
     """Fill ``model.latent_store`` from one pass over the training clips, without
     training: the encoders' latents of ``parts`` ("video", "motion") for later runs.
@@ -101,9 +102,8 @@ def encode_latents(
     model.to(trainer.strategy.root_device).eval()
     model.read_latent_store()
     loader = datamodule.train_dataloader()
-    interval = 0.1 if sys.stdout.isatty() else 30.0
     with trainer.precision_plugin.forward_context():
-        for batch in tqdm(loader, desc="encode latents", file=sys.stdout, mininterval=interval):
+        for batch in progress_lines(loader, len(loader), "encode", label):
             model.encode_latents(move_data_to_device(batch, model.device), parts)
     model.write_latent_store()
 

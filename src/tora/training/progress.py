@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 def format_seconds(seconds: float) -> str:
@@ -93,3 +98,33 @@ def progress_bar(
     if force == "rich" or (force is None and sys.stdout.isatty()):
         return RichProgressBar()
     return LineProgress(every_n_seconds, label)
+
+
+def progress_lines(
+    items: Iterable[T],
+    total: int,
+    what: str,
+    label: str | None = None,
+    every_n_seconds: float = 30.0,
+) -> Iterator[T]:
+    """``items`` with tqdm's bar on a terminal, otherwise one line per ``every_n_seconds``
+    (and at the end) in :class:`LineProgress`'s format: ``[label] [what] i/total ...``."""
+    prefix = f"[{label}] " if label else ""
+    if sys.stdout.isatty():
+        yield from tqdm(items, total=total, desc=f"{prefix}{what}", file=sys.stdout)
+        return
+    start = last_print = time.monotonic()
+    done = 0
+    for done, item in enumerate(items, start=1):
+        yield item
+        now = time.monotonic()
+        if now - last_print >= every_n_seconds or done == total:
+            last_print = now
+            rate = done / max(now - start, 1e-9)
+            print(
+                f"{prefix}[{what}] {done}/{total} ({100 * done / max(total, 1):.0f}%) | "
+                f"{rate:.2f} it/s, {format_seconds(now - start)} elapsed, "
+                f"{format_seconds((total - done) / rate)} left",
+                file=sys.stdout,
+                flush=True,
+            )
