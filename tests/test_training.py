@@ -292,6 +292,29 @@ def test_motion_latent_cache_keeps_dense_conditions_only(tmp_path):
     torch.testing.assert_close(second["motion_latents"], real_encode(first["motion_rgb"]))
 
 
+def test_sparse_clips_without_tracks_are_counted(tmp_path, caplog):
+    """Stage 2 draws its sparse tracks from the clips' stored ones: a clip that stores
+    none trains on an empty map, which is counted and named, never silent."""
+    module = build_module(["experiment=stage2_traj", *NO_PREREQUISITES], tmp_path).eval()
+    assert module.motion_source.sparse_from == "tracks"
+    module.motion_source = MotionSourceConfig(kind="sparse", sparse_from="tracks")
+    tracks = torch.zeros(2, 8, 5, 2)
+    tracks[0, 0] = torch.linspace(2, 12, 5)[:, None]
+    batch = {
+        "flow": torch.randn(2, 4, 16, 16, 2),
+        "tracks": tracks,
+        "track_mask": torch.tensor([[True] + [False] * 7, [False] * 8]),
+        "key": ["clip-a", "clip-b"],
+    }
+    with caplog.at_level("WARNING"):
+        condition = module.motion_inputs(batch)
+        module.motion_inputs(batch)
+    assert condition["track_mask"].any(dim=1).tolist() == [True, False]
+    assert module.sparse_clips_without_tracks == 2
+    warnings = [r.getMessage() for r in caplog.records if "has no track" in r.getMessage()]
+    assert len(warnings) == 1 and "clip clip-b" in warnings[0]
+
+
 @pytest.mark.parametrize("fuser", FUSERS)
 @pytest.mark.parametrize("placement", ["temporal", "both"])
 def test_tora_equals_base_at_initialisation(tmp_path, fuser, placement):

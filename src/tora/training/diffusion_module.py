@@ -133,6 +133,8 @@ class VideoDiffusionModule(L.LightningModule):
         # cacheable as the video's; sparse ones are drawn anew each step.
         self.motion_latent_cache = LatentCache(latent_cache)
         self.latent_store = latent_store
+        # Sparse clips whose motion map came out empty (no stored track), counted.
+        self.sparse_clips_without_tracks = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VideoDiffusionModule:
@@ -225,10 +227,30 @@ class VideoDiffusionModule(L.LightningModule):
         assert self.components.motion_rgb is not None  # built with the motion guidance
         source = at_step(self.motion_source, self.global_step)
         condition = motion_condition(batch, source, self.components.motion_rgb, generator)
+        self.count_empty_sparse(batch, condition)
         condition["motion_latents"] = self.encode_motion(
             condition["motion_rgb"], condition["dense"]
         )
         return condition
+
+    def count_empty_sparse(self, batch: dict[str, Any], condition: dict[str, torch.Tensor]) -> None:
+        """Count sparse clips left without a track (``sparse_from=tracks`` on a clip that
+        stores none): they train on an empty motion map; the first is named in a warning."""
+        if condition["dense"].all():
+            return
+        empty = (~condition["dense"] & ~condition["track_mask"].any(dim=1)).nonzero().flatten()
+        if len(empty) == 0:
+            return
+        if self.sparse_clips_without_tracks == 0:
+            key = batch["key"][int(empty[0])] if "key" in batch else "(no key)"
+            log.warning(
+                "clip %s has no track for its sparse motion condition (model.motion_source"
+                ".sparse_from=%s): it trains on an empty motion map; counted as "
+                "train/sparse_clips_without_tracks",
+                key,
+                self.motion_source.sparse_from,
+            )
+        self.sparse_clips_without_tracks += len(empty)
 
     @torch.no_grad()
     def encode_motion(self, motion_rgb: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -279,6 +301,8 @@ class VideoDiffusionModule(L.LightningModule):
             self.log("train/latent_cache_hit_rate", self.latent_cache.hit_rate)
             if self.motion_latent_cache.hits + self.motion_latent_cache.misses:
                 self.log("train/motion_latent_cache_hit_rate", self.motion_latent_cache.hit_rate)
+        if self.sparse_clips_without_tracks:
+            self.log("train/sparse_clips_without_tracks", float(self.sparse_clips_without_tracks))
         bucket = (t * TIMESTEP_BUCKETS).long().clamp(max=TIMESTEP_BUCKETS - 1)
         for b in range(TIMESTEP_BUCKETS):
             chosen = bucket == b
