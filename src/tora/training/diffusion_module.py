@@ -236,8 +236,6 @@ class VideoDiffusionModule(L.LightningModule):
     def count_empty_sparse(self, batch: dict[str, Any], condition: dict[str, torch.Tensor]) -> None:
         """Count sparse clips left without a track (``sparse_from=tracks`` on a clip that
         stores none): they train on an empty motion map; the first is named in a warning."""
-        if condition["dense"].all():
-            return
         empty = (~condition["dense"] & ~condition["track_mask"].any(dim=1)).nonzero().flatten()
         if len(empty) == 0:
             return

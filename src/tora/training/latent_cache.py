@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,8 +26,6 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-log = logging.getLogger(__name__)
 
 STORE_FORMAT = "tora-latents-1"
 
@@ -54,12 +51,11 @@ class LatentCache:
     def keys(inputs: torch.Tensor) -> list[str]:
         """One key per clip of the ``[B, ...]`` encoder input: the SHA-256 of its bytes,
         its dtype and shape (about 0.5 ms per 17 x 64 x 64 clip on a CPU)."""
-        clips = inputs.detach().to("cpu").contiguous()
-        size = "x".join(map(str, clips.shape[1:]))
-        dtype = str(clips.dtype).removeprefix("torch.")
+        size = "x".join(map(str, inputs.shape[1:]))
+        dtype = str(inputs.dtype).removeprefix("torch.")
         return [
-            f"{hashlib.sha256(clip.view(-1).view(torch.uint8).numpy()).hexdigest()}/{dtype}/{size}"
-            for clip in clips
+            f"{hashlib.sha256(tensor_bytes(clip)).hexdigest()}/{dtype}/{size}"
+            for clip in inputs.detach().to("cpu")
         ]
 
     def encode(
@@ -143,7 +139,11 @@ def encoder_fingerprint(
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(precision.encode())
     for name, tensor in encoder.state_dict().items():
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}/{data.dtype}/{tuple(data.shape)}".encode())
-        digest.update(data.view(-1).view(torch.uint8).numpy())
+        digest.update(f"{name}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()[:16]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's values as raw bytes (any dtype, bf16 and bool included), for hashing."""
+    return tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()

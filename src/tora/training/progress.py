@@ -27,6 +27,17 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_timing(done: int, elapsed: float, remaining: int | None) -> str:
+    """``rate it/s, elapsed, left`` of a loop that did ``done`` items in ``elapsed``
+    seconds with ``remaining`` to go (None: unknown, no time left shown)."""
+    rate = done / max(elapsed, 1e-9)
+    timing = f"{rate:.2f} it/s, {format_seconds(elapsed)} elapsed"
+    if remaining is None:
+        return timing
+    left = format_seconds(remaining / rate) if rate > 0 else "?"
+    return f"{timing}, {left} left"
+
+
 class LineProgress(ProgressBar):
     """One plain line per ``every_n_seconds`` of training (and at the last step), each
     opening with ``[label]`` when one is given (runs sharing a terminal)."""
@@ -59,20 +70,15 @@ class LineProgress(ProgressBar):
         if now - self._last_print < self.every_n_seconds and not last:
             return
         self._last_print = now
-        done = step - self._start_step
-        rate = done / max(now - self._start, 1e-9)
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         shown = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
         )
-        if total > 0:
-            eta = (total - step) / rate if rate > 0 else float("inf")
-            where = f"step {step}/{total} ({100 * step / total:.0f}%)"
-            timing = f"{rate:.2f} it/s, {format_seconds(now - self._start)} elapsed, {format_seconds(eta)} left"
-        else:
-            where = f"step {step}"
-            timing = f"{rate:.2f} it/s, {format_seconds(now - self._start)} elapsed"
+        where = f"step {step}/{total} ({100 * step / total:.0f}%)" if total > 0 else f"step {step}"
+        timing = format_timing(
+            step - self._start_step, now - self._start, total - step if total > 0 else None
+        )
         print(f"{self.prefix}[train] {where} {shown} | {timing}", file=sys.stdout, flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -114,17 +120,14 @@ def progress_lines(
         yield from tqdm(items, total=total, desc=f"{prefix}{what}", file=sys.stdout)
         return
     start = last_print = time.monotonic()
-    done = 0
     for done, item in enumerate(items, start=1):
         yield item
         now = time.monotonic()
         if now - last_print >= every_n_seconds or done == total:
             last_print = now
-            rate = done / max(now - start, 1e-9)
             print(
                 f"{prefix}[{what}] {done}/{total} ({100 * done / max(total, 1):.0f}%) | "
-                f"{rate:.2f} it/s, {format_seconds(now - start)} elapsed, "
-                f"{format_seconds((total - done) / rate)} left",
+                f"{format_timing(done, now - start, total - done)}",
                 file=sys.stdout,
                 flush=True,
             )
