@@ -152,34 +152,3 @@ def test_euler_steps_with_opensora_sign():
     model = exact_velocity_model(x0)
     sample = euler(flow, lambda x, t: -model(x, t), noise, 3)
     torch.testing.assert_close(sample, x0, atol=1e-4, rtol=1e-4)
-
-
-def exact_data_model(x0: torch.Tensor):
-    """x-prediction of the same straight path: the network outputs x0 itself."""
-
-    def model_fn(x, timestep, **kwargs):
-        return torch.cat([x0] * (x.shape[0] // x0.shape[0]))
-
-    return model_fn
-
-
-def test_data_prediction_trains_and_samples_through_its_velocity():
-    flow = RectifiedFlow(prediction="data", use_timestep_transform=False)
-    x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
-    t = torch.tensor([0.3, 0.8])
-    exact = flow.training_losses(exact_data_model(x0), x0, t=t, noise=noise)
-    torch.testing.assert_close(exact["loss"], torch.zeros(2), atol=1e-5, rtol=0)
-    # An output off by d costs (d / t)^2 in the velocity loss: the loss is on velocities.
-    off = flow.training_losses(lambda x, timestep, **kw: x0 + 0.1, x0, t=t, noise=noise)
-    torch.testing.assert_close(off["loss"], (0.1 / t) ** 2)
-    # Near t = 0 the division is clamped at MIN_VELOCITY_TIME = 0.05.
-    t_tiny = torch.tensor([1e-4, 1e-4])
-    tiny = flow.training_losses(lambda x, timestep, **kw: x0 + 0.1, x0, t=t_tiny, noise=noise)
-    x_t = flow.add_noise(x0, noise, t_tiny)
-    clamped = ((x_t - x0 - 0.1) / 0.05 - (noise - x0)).pow(2).mean(dim=(1, 2, 3, 4))
-    torch.testing.assert_close(tiny["loss"], clamped)
-    # Sampling from any noise lands on the predicted x0, in one step or many.
-    torch.testing.assert_close(euler(flow, exact_data_model(x0), noise, 1), x0)
-    torch.testing.assert_close(
-        euler(flow, exact_data_model(x0), noise, 7), x0, atol=1e-4, rtol=1e-4
-    )

@@ -27,12 +27,7 @@ from einops import reduce
 ModelFn = Callable[..., torch.Tensor]
 
 TimeT = TypeVar("TimeT", torch.Tensor, float)
-# What the network outputs -> the sign of the velocity target ``noise - x0``. "data" is
-# x-prediction with the velocity loss (Li & He 2025, "Back to Basics: Let Denoising
-# Generative Models Denoise"): the network outputs x0 and its velocity is derived.
-PREDICTIONS = {"noise_minus_data": 1.0, "data_minus_noise": -1.0, "data": 1.0}
-# x-prediction's velocity divides by t; below this t the division is clamped.
-MIN_VELOCITY_TIME = 0.05
+PREDICTIONS = {"noise_minus_data": 1.0, "data_minus_noise": -1.0}
 SAMPLE_METHODS = ("logit-normal", "uniform")
 
 
@@ -61,10 +56,8 @@ class RectifiedFlow:
         base_resolution, base_num_frames: pixels and latent frames at which the
             shift is 1 (OpenSora: 512 * 512 and 1).
         spatial_compression: VAE spatial factor, to recover pixels from latents.
-        prediction: what the network outputs: ``"noise_minus_data"`` (v = noise - x0),
-            ``"data_minus_noise"`` (OpenSora v1.2 checkpoints) or ``"data"`` (x0; its
-            velocity ``(x_t - x0) / t`` is trained and sampled, so the network need
-            not carry the noise through to its output).
+        prediction: ``"noise_minus_data"`` (v = noise - x0) or
+            ``"data_minus_noise"`` (OpenSora v1.2 checkpoints).
         timestep_scale: the backbone's timestep for t in [0, 1] is ``t * timestep_scale``
             (OpenSora's STDiT3 embeds 0..1000).
     """
@@ -96,7 +89,6 @@ class RectifiedFlow:
         self.spatial_compression = spatial_compression
         self.timestep_scale = timestep_scale
         self.velocity_sign = PREDICTIONS[prediction]
-        self.predicts_data = prediction == "data"
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in [0, 1] as the backbone's timestep input."""
@@ -110,18 +102,6 @@ class RectifiedFlow:
     def velocity(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The regression target: ``noise - x0`` (or its negative, see ``prediction``)."""
         return self.velocity_sign * (noise - x0)
-
-    def velocity_of(
-        self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | float
-    ) -> torch.Tensor:
-        """The velocity (in the target's sign) a network output at ``x_t``, time ``t``
-        (``[B]`` or one float) stands for: the output itself, or for ``prediction="data"``
-        ``(x_t - output) / max(t, MIN_VELOCITY_TIME)``."""
-        if not self.predicts_data:
-            return output
-        if isinstance(t, torch.Tensor):
-            return (x_t - output) / _per_sample(t.clamp(min=MIN_VELOCITY_TIME), x_t).to(x_t)
-        return (x_t - output) / max(t, MIN_VELOCITY_TIME)
 
     def sample_timesteps(
         self,
@@ -194,8 +174,7 @@ class RectifiedFlow:
         if frame_mask is not None:
             x_t = torch.where(frame_mask[:, None, :, None, None], x_t, x0)
             kwargs["x_mask"] = frame_mask
-        output = model_fn(x_t, t, **kwargs)[:, : x0.shape[1]]
-        prediction = self.velocity_of(output, x_t, t)
+        prediction = model_fn(x_t, t, **kwargs)[:, : x0.shape[1]]
         error = (prediction.float() - self.velocity(x0, noise).float()).pow(2)
         error_per_frame = reduce(error, "b c t h w -> b t", "mean")
         if frame_mask is None:
@@ -206,9 +185,8 @@ class RectifiedFlow:
         return {"loss": loss, "t": t}
 
     def step(
-        self, x: torch.Tensor, output: torch.Tensor, t_now: float, t_next: float
+        self, x: torch.Tensor, velocity: torch.Tensor, t_now: float, t_next: float
     ) -> torch.Tensor:
         """One Euler step of the sampling ODE from ``t_now`` down to ``t_next``, given the
-        network's (guided) output: guidance is linear in it, as in the velocity."""
-        velocity = self.velocity_of(output, x, t_now)
+        model's (guided) velocity prediction."""
         return x - (t_now - t_next) * self.velocity_sign * velocity
