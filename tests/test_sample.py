@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
+from omegaconf import OmegaConf
 
 from tora.checkpoints import convert_checkpoint
 from tora.data.schema import decode_video
@@ -57,7 +59,14 @@ def test_sample_cli_writes_videos_tracks_and_config(tmp_path, chain):
         assert drawn.shape == frames.shape
         assert np.abs(drawn.astype(int) - frames.astype(int)).mean() > 0.5  # the tracks are drawn
         assert video.with_name(video.stem + "_tracks.json").exists()
-    assert (out / "config.yaml").exists()
+    assert OmegaConf.load(out / "config.yaml").cfg_scale == 4.0  # the tiny world's guidance
+
+
+@pytest.mark.parametrize("entry_point", ["sample", "evaluate", "demo"])
+def test_tiny_world_guidance_is_the_default_and_default_is_one_override_away(entry_point):
+    assert compose_config(entry_point, []).cfg_scale == 4.0
+    assert compose_config(entry_point, ["generation=default"]).cfg_scale == 7.0
+    assert compose_config(entry_point, ["cfg_scale=6"]).cfg_scale == 6.0
 
 
 @pytest.mark.parametrize(
