@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -67,7 +68,11 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     assert "| tora |" in report_md and "| no_control |" in report_md
     assert "TrajError `mask_centroid` (coverage) | TrajError `lucas_kanade` (coverage)" in report_md
     assert "FVD unavailable" in report_md
-    assert len(list((out / "frames").glob("*.png"))) == 2
+    strips = sorted((out / "frames").glob("*.png"))
+    assert len(strips) == 2
+    # Ground truth, the clip through the VAE, Tora, no control: 4 rows of 64 px, 6 frames.
+    assert cv2.imread(str(strips[0])).shape == (4 * 64, 6 * 64, 3)
+    assert "ground truth, the clip through the model's VAE" in report_md
     assert list((tmp_path / "logs" / "tensorboard" / "evaluate").glob("events.out.tfevents.*"))
 
 

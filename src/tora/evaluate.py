@@ -186,7 +186,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if "no_control" in metrics["variants"]:
         metrics["control"] = control_summary(metrics, cfg.tracker)
 
-    write_report(cfg, out_dir, clips, generated, metrics)
+    write_report(cfg, out_dir, clips, {"vae": rebuilt} | generated, metrics)
     log_tensorboard(cfg, clips, generated, metrics)
     print_metrics(metrics)
     return metrics
@@ -241,7 +241,16 @@ def trajectory_errors(cfg, tracker: str, clips, videos, reference) -> dict:
     }
 
 
-def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
+ROW_NAMES = {
+    "vae": "the clip through the model's VAE (the most a model generating through it can show)",
+    "tora": "Tora",
+    "no_control": "no control",
+}
+
+
+def write_report(cfg, out_dir: Path, clips, videos: dict, metrics) -> None:
+    """metrics.json, report.md and a frame strip per reported clip: its ground truth
+    above one row per entry of ``videos`` (name -> one video per clip)."""
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     lines = [
         "# Evaluation",
@@ -285,12 +294,11 @@ def write_report(cfg, out_dir: Path, clips, generated, metrics) -> None:
             f"(no control - Tora) / (no control - VAE floor): {control['gap_closed']:.2f} "
             f"(`{cfg.tracker}`)."
         )
-    lines += ["", "Rows per clip: ground truth, Tora (requested tracks drawn), no control.", ""]
+    rows_named = ", ".join(ROW_NAMES.get(name, name) for name in videos)
+    lines += ["", f"Rows per clip (requested tracks drawn): ground truth, {rows_named}.", ""]
     for i, clip in enumerate(clips[: cfg.report_clips]):
         rows = [frame_strip(clip["video"], clip["tracks"], cfg.report_frames)]
-        rows += [
-            frame_strip(generated[name][i], clip["tracks"], cfg.report_frames) for name in generated
-        ]
+        rows += [frame_strip(videos[name][i], clip["tracks"], cfg.report_frames) for name in videos]
         image = np.concatenate(rows, axis=0)
         path = out_dir / "frames" / f"{i:03d}.png"
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
