@@ -507,6 +507,29 @@ def test_base_refuses_a_video_vae_with_another_architecture(tmp_path, chain):
         build_module([*overrides, "model.backbone.in_channels=4"], tmp_path)
 
 
+def test_the_4x_vae_with_4_channels_gives_the_8x_token_grid_at_patch_2(tmp_path):
+    """model/vae=tiny_f4c4 at patch 2: 16 x 16 x 4 latents per frame, tokenised to the
+    same 8 x 8 tokens of 16 values that the 8x VAE gives at patch 1."""
+    module = build_module(
+        [
+            "experiment=stage1_flow",
+            *NO_PREREQUISITES,
+            "model/vae=tiny_f4c4",
+            "model.backbone.patch_size=[1,2,2]",
+        ],
+        tmp_path,
+    )
+    vae, backbone = module.components.vae, module.components.model.backbone
+    assert (vae.latent_channels, vae.spatial_factor, vae.shortcut) == (4, 4, "pooled")
+    video = torch.rand(1, 3, 17, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode_latents(video)
+        tokens = backbone.x_embedder(latents)
+    assert latents.shape == (1, 4, 5, 16, 16)
+    assert tokens.shape == (1, 5 * 8 * 8, backbone.hidden_size)
+    assert backbone.x_embedder.proj.weight[0].numel() == 16  # values per token
+
+
 def test_vae_architecture_reads_the_older_boolean_shortcut():
     """Checkpoints written before the per-frame shortcut stored shortcut: true/false."""
     from tora.models.build import vae_architecture
