@@ -122,6 +122,18 @@ def test_chunked_decode_matches_full(vae, chunk_latent_frames):
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
+def test_a_clip_gets_the_same_bits_alone_as_in_a_batch(vae):
+    """The latent cache keeps a latent by its clip's content, so a clip encoded alone (a
+    miss beside a hit) must get exactly the latent a batch gives it; decoding likewise."""
+    video = random_video(2, 17, 64)
+    latents = vae.encode_latents(video)
+    frames = vae.decode_latents(latents)
+    for i in range(2):
+        assert torch.equal(vae.encode_latents(video[i : i + 1])[0], latents[i])
+        assert torch.equal(vae.decode_latents(latents[i : i + 1])[0], frames[i])
+
+
 def test_kl_reduction():
     zeros = torch.zeros(2, 8, 3, 4, 4)
     assert torch.equal(DiagonalGaussian(zeros).kl(), torch.zeros(2))

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tora.models.layers.conv import Conv3d
 from tora.models.vae import DiagonalGaussian, check_latent_statistics_shape
 
 # OpenSora multiplies the SD-XL latents by SD 1.x's factor, not SD-XL's 0.13025.
@@ -58,7 +59,7 @@ class FrontPaddedConv3d(nn.Module):
     ):
         super().__init__()
         self.padding = (kernel_size // 2,) * 4 + (kernel_size - time_stride, 0)
-        self.conv = nn.Conv3d(
+        self.conv = Conv3d(
             in_channels, out_channels, kernel_size, stride=(time_stride, 1, 1), bias=bias
         )
 

@@ -11,12 +11,14 @@ import torch
 from einops import repeat
 from torch import nn
 
+from tora.models.layers.conv import Conv3d
+
 TimeCache = dict[nn.Module, torch.Tensor]
 """Per-conv time context between chunks: conv -> input frames ``[B, C, t, H, W]``
 its next chunk starts with. Start each clip with a fresh empty dict."""
 
 
-class CausalConv3d(nn.Conv3d):
+class CausalConv3d(Conv3d):
     """``nn.Conv3d`` on ``[B, C, T, H, W]``, causal in time, zero-padded ("same") in space.
 
     Output length is ``(T - 1) // stride_t + 1``: with time stride 2, output
