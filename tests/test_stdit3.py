@@ -260,3 +260,19 @@ def test_position_embedding_layout():
             ]
         )
         torch.testing.assert_close(embedding[sample, 5], expected)
+
+
+def test_output_conv_starts_as_the_plain_model_and_trains():
+    inputs = make_inputs()
+    plain, conv = make_model(), make_model(output_conv=True)
+    missing, unexpected = conv.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["output_conv.weight", "output_conv.bias"] and not unexpected
+    assert conv.output_conv.weight.shape == (8, 8, 1, 3, 3)  # per frame, over all 8 outputs
+    with torch.no_grad():
+        assert torch.equal(conv(**inputs), plain(**inputs))
+    conv(**inputs)[:, :4].square().mean().backward()
+    assert conv.output_conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        conv.output_conv.weight.normal_(std=0.1)
+        moved = conv(**inputs) - plain(**inputs)
+    assert moved.abs().amax(dim=(0, 1, 3, 4)).min() > 1e-3  # every frame changes

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tora.models.layers.activations import TanhGELU
 from tora.models.layers.attention import CrossAttention, SelfAttention
+from tora.models.layers.conv import Conv3d
 from tora.models.layers.embeddings import (
     CaptionEmbedder,
     PatchEmbed3D,
@@ -50,7 +51,9 @@ class STDiT3Config:
     used when ``forward`` gets ``fps=None`` (24, OpenSora's sampling default).
     ``skip_y_embedder`` means captions arrive already projected to the hidden
     size. ``enable_flash_attn`` of OpenSora has no counterpart: attention
-    always goes through torch SDPA, which picks its own kernel.
+    always goes through torch SDPA, which picks its own kernel. ``output_conv`` is not
+    OpenSora's: U-ViT's 3x3 conv after unpatchify (arXiv 2209.12152), a zero-initialised
+    residual per latent frame, so OpenSora's weights load unchanged without it.
     """
 
     input_size: tuple[int, int, int] | None = None
@@ -70,6 +73,7 @@ class STDiT3Config:
     skip_y_embedder: bool = False
     gradient_checkpointing: bool = False
     default_fps: float = 24.0
+    output_conv: bool = False
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -235,6 +239,13 @@ class STDiT3(nn.Module):
         self.final_layer = FinalLayer(
             config.hidden_size, math.prod(config.patch_size), self.out_channels
         )
+        # U-ViT's 3x3 conv after unpatchify, per frame, as a zero-initialised residual:
+        # it lets neighbouring patches smooth their shared edges (not in OpenSora).
+        self.output_conv = (
+            Conv3d(self.out_channels, self.out_channels, (1, 3, 3), padding=(0, 1, 1))
+            if config.output_conv
+            else None
+        )
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -251,6 +262,9 @@ class STDiT3(nn.Module):
             for layer in (block.attn.proj, block.cross_attn.proj, block.mlp.fc2):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        if self.output_conv is not None:
+            nn.init.zeros_(self.output_conv.weight)
+            nn.init.zeros_(self.output_conv.bias)
 
     def null_caption(self, batch_size: int) -> torch.Tensor:
         """Unconditional caption features ``[B, 1, model_max_length, caption_channels]``
@@ -368,7 +382,10 @@ class STDiT3(nn.Module):
             ph=p_h,
             pw=p_w,
         )
-        return out[:, :, :frames, :latent_height, :latent_width].float()
+        out = out[:, :, :frames, :latent_height, :latent_width]
+        if self.output_conv is not None:
+            out = out + self.output_conv(out)
+        return out.float()
 
 
 def _per_sample(value, batch_size: int, device: torch.device, name: str) -> torch.Tensor:
