@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tora.models.layers.causal_conv import CausalConv3d, TimeCache
+from tora.models.layers.conv import Conv3d
 
 
 class DiagonalGaussian:
@@ -131,9 +132,7 @@ class ResidualBlock(nn.Module):
         self.norm2 = make_norm(norm, norm_groups, out_channels)
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.skip = (
-            nn.Conv3d(in_channels, out_channels, 1)
-            if in_channels != out_channels
-            else nn.Identity()
+            Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:

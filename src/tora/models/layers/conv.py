@@ -1,11 +1,12 @@
 """``nn.Conv3d`` whose CPU float32 result does not depend on the batch size.
 
-For a small float32 input with batch 1 (N * C * T * H <= 20480) PyTorch's CPU dispatch
-picks its reference ``slow_conv3d`` kernel instead of oneDNN: about 11x slower per clip
-at one thread, and different in the last bits from what the same clip gives inside a
-batch of two. So a clip encoded alone (a latent-cache miss beside a hit, one sample at
-inference) would get another latent than in a batch. Routing CPU float32 through
-oneDNN always keeps every batch row equal to the clip alone (docs/findings.md).
+PyTorch's CPU dispatch picks between oneDNN and its reference kernels by batch size,
+input size and thread count: a small float32 input with batch 1 (N * C * T * H <= 20480)
+goes to ``slow_conv3d``, about 11x slower per clip at one thread, and so does a 1x1x1 conv
+at batch 1 (but not at batch 2) when more than one thread runs; the kernels differ in the
+last bits. So a clip encoded alone (a latent-cache miss beside a hit, one sample at
+inference) would get another latent than in a batch. Routing CPU float32 through oneDNN
+always keeps every batch row equal to the clip alone (docs/findings.md).
 """
 
 import torch
