@@ -27,6 +27,7 @@ from tora.data.synthetic import (
     as_generator_config,
     clip_rng,
     make_clip,
+    min_object_gap,
     render_clip,
     render_tracks,
     sample_clip_spec,
@@ -227,6 +228,36 @@ def test_bad_world_is_rejected_with_the_offending_value():
         WorldConfig(shapes=["circle", "blob"])
     with pytest.raises(ValueError, match="num_objects"):
         WorldConfig(num_objects=(1, 11))
+    with pytest.raises(ValueError, match="min_object_gap"):
+        WorldConfig(min_object_gap=-1.0)
+
+
+def test_objects_keep_the_gap_and_overlap_without_it():
+    two = WorldConfig(num_objects=(2, 2))
+    overlapping = 0
+    for index in range(12):
+        clip = render_clip(sample_clip_spec(two, clip_rng(3, "test", index)))
+        # Silhouettes (hidden parts included) never share a pixel: every track stays visible.
+        assert not (clip.masks[0] & clip.masks[1]).any()
+        assert min_object_gap(sample_clip_spec(two, clip_rng(3, "test", index)).objects) >= 2.0
+        free = sample_clip_spec(
+            dataclasses.replace(two, min_object_gap=None), clip_rng(3, "test", index)
+        )
+        overlapping += min_object_gap(free.objects) < 0
+    assert overlapping >= 6  # without a gap most pairs of these large shapes overlap
+    # One object: no path is redrawn, so the clip is the one drawn without a gap.
+    one = WorldConfig(num_objects=(1, 1))
+    for index in range(4):
+        kept = sample_clip_spec(one, clip_rng(3, "test", index)).objects[0]
+        free = sample_clip_spec(
+            dataclasses.replace(one, min_object_gap=None), clip_rng(3, "test", index)
+        ).objects[0]
+        np.testing.assert_array_equal(kept.centres, free.centres)
+
+
+def test_an_unreachable_gap_names_the_key():
+    with pytest.raises(ValueError, match=r"world.min_object_gap=40.0: no paths"):
+        sample_clip_spec(WorldConfig(num_objects=(2, 2), min_object_gap=40.0), clip_rng(0, "x", 0))
 
 
 def test_yaml_config_matches_the_dataclass_defaults():
@@ -248,7 +279,11 @@ def test_world_presets_compose_and_differ_where_documented():
     big = as_generator_config(compose_config("synthetic", ["world=default_128"]))
     assert (big.world.width, big.world.height) == (128, 128)
     assert big.world.speed == tuple(2 * v for v in default.speed)
-    assert dataclasses.replace(big.world, width=64, height=64, speed=default.speed) == default
+    assert big.world.min_object_gap == 2 * default.min_object_gap
+    small = dataclasses.replace(
+        big.world, width=64, height=64, speed=default.speed, min_object_gap=default.min_object_gap
+    )
+    assert small == default
 
 
 def test_generate_split_writes_schema_shards(tmp_path):

@@ -124,6 +124,9 @@ class WorldConfig:
     texture_sharpness: float = 3.0  # tanh gain of stripe/checker edges; higher = harder edges
     shading: float = 0.15  # relative brightness change across an object
     antialias: bool = True
+    # Pixels kept between any two objects' circumcircles in every frame; None: they may
+    # overlap (and hide each other, so a tracker loses the hidden one's track).
+    min_object_gap: float | None = 2.0
 
     def __post_init__(self) -> None:
         for name in ("num_objects", "object_size", "speed", "pan_speed", "texture_period"):
@@ -151,6 +154,10 @@ class WorldConfig:
             )
         if self.num_frames < 2:
             raise ValueError(f"world.num_frames: at least 2 expected, got {self.num_frames}")
+        if self.min_object_gap is not None and self.min_object_gap < 0:
+            raise ValueError(
+                f"world.min_object_gap: null or >= 0 pixels expected, got {self.min_object_gap}"
+            )
         if (
             2 * (self.object_size[1] * min(self.width, self.height) + 1)
             >= min(self.width, self.height) - 1
@@ -340,7 +347,8 @@ def _place(
     extent = offsets.max(axis=0) - offsets.min(axis=0)
     scale = min(1.0, float(np.min((high - low) / np.maximum(extent, 1e-9))))
     offsets = offsets * scale
-    start = rng.uniform(low - offsets.min(axis=0), high - offsets.max(axis=0))
+    first, last = low - offsets.min(axis=0), high - offsets.max(axis=0)
+    start = rng.uniform(first, np.maximum(first, last))  # equal but for rounding when scaled
     return start + offsets
 
 
@@ -432,24 +440,66 @@ def _angles(appearance: dict[str, Any], num_frames: int) -> np.ndarray:
     return appearance["angle0"] + appearance["spin"] * np.arange(num_frames)
 
 
+# Path draws per clip before `world.min_object_gap` is declared unreachable. The motions
+# are kept for MOTION_TRIES draws and the shapes for APPEARANCE_TRIES, so a gap favours
+# neither the compact motions nor the small shapes more than it must.
+MAX_PATH_TRIES = 5000
+MOTION_TRIES = 100
+APPEARANCE_TRIES = 1000
+
+
+def _sample_objects(
+    rng: np.random.Generator, world: WorldConfig, num_objects: int
+) -> list[ObjectSpec]:
+    """Shapes and one path per object; with ``world.min_object_gap``, redrawn until every
+    pair of objects keeps that many pixels between their circumcircles in every frame."""
+    motions: list[str] = []
+    for attempt in range(MAX_PATH_TRIES):
+        if attempt % APPEARANCE_TRIES == 0:
+            appearances = _sample_appearance(rng, world, num_objects)
+        if attempt % MOTION_TRIES == 0:
+            motions = []  # drawn afresh, interleaved with the paths as without a gap
+        objects = []
+        for index, appearance in enumerate(appearances):
+            motion = motions[index] if motions else str(rng.choice(world.motions))
+            low, high = _object_box(world, appearance["size"])
+            centres = PATHS[motion](rng, world.num_frames, rng.uniform(*world.speed), low, high)
+            objects.append(
+                ObjectSpec(
+                    shape=appearance["shape"],
+                    color=appearance["color"],
+                    size=appearance["size"],
+                    centres=centres,
+                    angles=_angles(appearance, world.num_frames),
+                    motion=motion,
+                )
+            )
+        motions = [obj.motion for obj in objects]
+        if world.min_object_gap is None or min_object_gap(objects) >= world.min_object_gap:
+            return objects
+    raise ValueError(
+        f"world.min_object_gap={world.min_object_gap}: no paths keeping {num_objects} objects "
+        f"of circumradius {world.object_size} of the short side that far apart in a "
+        f"{world.width}x{world.height} frame after {MAX_PATH_TRIES} draws; "
+        "lower it, or world.num_objects / world.object_size"
+    )
+
+
+def min_object_gap(objects: list[ObjectSpec]) -> float:
+    """Smallest distance in pixels between two objects' circumcircles over the clip
+    (negative: they overlap); inf for fewer than two objects."""
+    gap = math.inf
+    for i, a in enumerate(objects):
+        for b in objects[i + 1 :]:
+            distance = np.linalg.norm(a.centres - b.centres, axis=1).min()
+            gap = min(gap, float(distance) - a.size - b.size)
+    return gap
+
+
 def sample_clip_spec(world: WorldConfig, rng: np.random.Generator) -> ClipSpec:
     """Draw a random clip: 1..K objects with distinct colours on random paths, maybe a pan."""
     num_objects = int(rng.integers(world.num_objects[0], world.num_objects[1] + 1))
-    objects = []
-    for appearance in _sample_appearance(rng, world, num_objects):
-        motion = str(rng.choice(world.motions))
-        low, high = _object_box(world, appearance["size"])
-        centres = PATHS[motion](rng, world.num_frames, rng.uniform(*world.speed), low, high)
-        objects.append(
-            ObjectSpec(
-                shape=appearance["shape"],
-                color=appearance["color"],
-                size=appearance["size"],
-                centres=centres,
-                angles=_angles(appearance, world.num_frames),
-                motion=motion,
-            )
-        )
+    objects = _sample_objects(rng, world, num_objects)
     camera = np.zeros((world.num_frames, 2))
     if rng.uniform() < world.pan_probability:
         pan = rng.uniform(*world.pan_speed) * _unit(rng.uniform(0, 2 * np.pi))
