@@ -236,10 +236,11 @@ def test_objects_keep_the_gap_and_overlap_without_it():
     two = WorldConfig(num_objects=(2, 2))
     overlapping = 0
     for index in range(12):
-        clip = render_clip(sample_clip_spec(two, clip_rng(3, "test", index)))
+        spec = sample_clip_spec(two, clip_rng(3, "test", index))
+        clip = render_clip(spec)
         # Silhouettes (hidden parts included) never share a pixel: every track stays visible.
         assert not (clip.masks[0] & clip.masks[1]).any()
-        assert min_object_gap(sample_clip_spec(two, clip_rng(3, "test", index)).objects) >= 2.0
+        assert min_object_gap(spec.objects) >= 2.0
         free = sample_clip_spec(
             dataclasses.replace(two, min_object_gap=None), clip_rng(3, "test", index)
         )
