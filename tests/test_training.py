@@ -556,3 +556,13 @@ def test_clip_sizes_the_model_cannot_take_fail_before_training(tmp_path, overrid
     with pytest.raises(ValueError, match=message):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_training_runs_without_a_logger(tmp_path, synthetic_shards):
+    """``logger=none`` (quick runs): the learning-rate monitor, which needs a logger to
+    write to, is dropped instead of stopping the run."""
+    cfg = compose_train(["experiment=video_vae", "logger=none", *SHORT], tmp_path, synthetic_shards)
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/psnr" in metrics
+    assert (tmp_path / "checkpoints" / "video_vae.ckpt").is_file()
+    assert not (tmp_path / "logs" / "tensorboard").exists()

@@ -374,3 +374,32 @@ def test_channel_norm_keeps_flat_colour():
     assert (channel(first) - channel(second)).abs().mean() > 0.5
     with pytest.raises(ValueError, match="norm 'batch'"):
         tiny_vae(norm="batch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_norm_is_layer_norm_over_channels_at_each_position(dtype):
+    from tora.models.vae import ChannelNorm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6))
+        norm.bias.copy_(torch.randn(6))
+    x = (torch.randn(2, 6, 3, 5, 4) * 3 + 1).to(dtype).requires_grad_()
+    out = norm(x)
+    assert out.dtype == dtype and out.is_contiguous()
+    # the definition: statistics over C alone, written out by hand, in float32
+    xf = x.detach().float().requires_grad_()
+    mean = xf.mean(dim=1, keepdim=True)
+    var = ((xf - mean) ** 2).mean(dim=1, keepdim=True)
+    shape = (1, 6, 1, 1, 1)
+    expected = (xf - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(shape) + norm.bias.view(
+        shape
+    )
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.02}
+    torch.testing.assert_close(out.float(), expected.detach(), **tol)
+    grad = torch.randn_like(expected)
+    out.backward(grad.to(dtype))
+    expected.backward(grad)
+    if dtype == torch.float32:
+        torch.testing.assert_close(x.grad, xf.grad, atol=1e-4, rtol=1e-4)

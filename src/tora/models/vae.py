@@ -86,10 +86,16 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x.float(), dim=1, keepdim=True, correction=0)
-        normed = ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return normed * self.weight.view(shape) + self.bias.view(shape)
+        # layer_norm over a channels-last view: 3x faster forward + backward on the CPU
+        # than var_mean over dim 1 (docs/results.md); contiguous keeps the convs' layout.
+        normed = F.layer_norm(
+            x.float().movedim(1, -1),
+            (x.shape[1],),
+            self.weight.float(),
+            self.bias.float(),
+            self.eps,
+        )
+        return normed.movedim(-1, 1).contiguous().to(x.dtype)
 
 
 NORMS = ("group", "channel")
