@@ -287,11 +287,18 @@ def test_world_presets_compose_and_differ_where_documented():
     assert small == default
 
 
-def test_generate_split_writes_schema_shards(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_generate_split_writes_schema_shards(tmp_path, workers):
+    """In clip order whether one process renders or several."""
     from tora.data.synthetic import generate_split
 
     config = GeneratorConfig(
-        world=WorldConfig(num_frames=9), num_train=5, num_val=2, shard_maxcount=2, seed=11
+        world=WorldConfig(num_frames=9),
+        num_train=5,
+        num_val=2,
+        shard_maxcount=2,
+        seed=11,
+        workers=workers,
     )
     (tmp_path / "train-000009.tar").write_bytes(b"stale")
     shards = generate_split(config, "train", tmp_path)
@@ -323,6 +330,15 @@ def test_generate_split_writes_schema_shards(tmp_path):
         np.testing.assert_allclose(decoded.tracks, expected.tracks, atol=1e-3)
         assert decoded.frames.shape == (9, 64, 64, 3)
         assert np.abs(decoded.frames.astype(float) - expected.frames).mean() < 12
+
+
+def test_a_negative_worker_count_is_refused_before_anything_is_written(tmp_path):
+    from tora.data.synthetic import generate_split
+
+    (tmp_path / "train-000000.tar").write_bytes(b"kept")
+    with pytest.raises(ValueError, match="workers: 0 .* expected, got -1"):
+        generate_split(GeneratorConfig(workers=-1), "train", tmp_path)
+    assert (tmp_path / "train-000000.tar").read_bytes() == b"kept"
 
 
 def test_cli_writes_both_splits(tmp_path):

@@ -26,10 +26,14 @@ Geometry (pixel centres at integer (x, y), x right, y down):
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -178,6 +182,7 @@ class GeneratorConfig:
     num_val: int = 32
     shard_maxcount: int = 64
     progress: bool = False
+    workers: int = 0  # rendering processes; 0: one per available CPU, 1: this process only
 
 
 @dataclass
@@ -748,6 +753,28 @@ def as_generator_config(
     return cast(GeneratorConfig, OmegaConf.to_object(merged))
 
 
+def encoded_clip(world: WorldConfig, seed: int, split: str, index: int) -> dict[str, Any]:
+    """Clip ``index`` of ``split``, rendered and encoded as one shard sample."""
+    clip = make_clip(world, seed, split, index)
+    return encode_sample(
+        f"clip-{index:06d}", clip.frames, clip.flow, clip.tracks, clip.caption, clip.meta
+    )
+
+
+def _encoded_clips(config: GeneratorConfig, split: str, num_clips: int) -> Iterator[dict[str, Any]]:
+    """The split's samples in index order, rendered by ``config.workers`` processes (each
+    clip has its own random stream, so the shards do not depend on the count)."""
+    workers = config.workers or len(os.sched_getaffinity(0))
+    render = partial(encoded_clip, config.world, config.seed, split)
+    if workers == 1 or num_clips < 2:
+        yield from map(render, range(num_clips))
+        return
+    # spawn: the children import this module afresh rather than fork a parent holding torch.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, num_clips), mp_context=context) as pool:
+        yield from pool.map(render, range(num_clips), chunksize=8)
+
+
 def generate_split(
     config: GeneratorConfig | Mapping[str, Any] | DictConfig, split: str, out_dir: str | Path
 ) -> list[Path]:
@@ -759,6 +786,10 @@ def generate_split(
     config = as_generator_config(config)
     if split not in ("train", "val"):
         raise ValueError(f"split: 'train' or 'val' expected, got {split!r}")
+    if config.workers < 0:
+        raise ValueError(
+            f"workers: 0 (one per CPU) or a positive count expected, got {config.workers}"
+        )
     num_clips = config.num_train if split == "train" else config.num_val
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -766,20 +797,13 @@ def generate_split(
         stale.unlink()
 
     with ShardWriter(str(out_dir), split, maxcount=config.shard_maxcount) as writer:
-        for index in track(
-            range(num_clips), description=f"{split:>5}", disable=not config.progress
+        for sample in track(
+            _encoded_clips(config, split, num_clips),
+            total=num_clips,
+            description=f"{split:>5}",
+            disable=not config.progress,
         ):
-            clip = make_clip(config.world, config.seed, split, index)
-            writer.write(
-                encode_sample(
-                    f"clip-{index:06d}",
-                    clip.frames,
-                    clip.flow,
-                    clip.tracks,
-                    clip.caption,
-                    clip.meta,
-                )
-            )
+            writer.write(sample)
     return [Path(shard) for shard in writer.shards]
 
 
