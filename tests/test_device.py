@@ -35,3 +35,13 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch, name):
 def test_unknown_names_are_refused_with_the_choices(name):
     with pytest.raises(ValueError, match=rf"auto, cpu, cuda or cuda:N expected, got '{name}'"):
         resolve_device(name)
+
+
+def test_available_cpus_is_this_process_s_share_of_the_machine():
+    import os
+
+    from tora.utils.device import available_cpus
+
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert available_cpus() == len(os.sched_getaffinity(0))

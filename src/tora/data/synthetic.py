@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +45,7 @@ from rich.table import Table
 
 from tora.data.schema import ShardWriter, encode_sample
 from tora.utils.config import CONFIG_PATH
+from tora.utils.device import available_cpus
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -763,8 +763,8 @@ def encoded_clip(world: WorldConfig, seed: int, split: str, index: int) -> dict[
 
 def _encoded_clips(config: GeneratorConfig, split: str, num_clips: int) -> Iterator[dict[str, Any]]:
     """The split's samples in index order, rendered by ``config.workers`` processes (each
-    clip has its own random stream, so the shards do not depend on the count)."""
-    workers = config.workers or len(os.sched_getaffinity(0))
+    clip has its own random stream, so its frames, flow and tracks do not depend on the count)."""
+    workers = config.workers or available_cpus()
     render = partial(encoded_clip, config.world, config.seed, split)
     if workers == 1 or num_clips < 2:
         yield from map(render, range(num_clips))

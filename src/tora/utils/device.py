@@ -1,7 +1,9 @@
-"""The one device resolver: a config's ``device`` string -> ``torch.device``."""
+"""The one device resolver: a config's ``device`` string -> ``torch.device``; and the
+CPU cores this process may use."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -33,3 +35,10 @@ def resolve_device(name: str) -> torch.device:
             f"device {name!r}: only {count} CUDA device(s) visible (cuda:0 to cuda:{count - 1})"
         )
     return device
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

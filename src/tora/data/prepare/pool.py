@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections import deque
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import torch
 
 from tora.data.prepare.config import PrepareConfig
 from tora.data.prepare.video import Tools, VideoJob, VideoResult, build_tools, prepare_video
+from tora.utils.device import available_cpus
 
 # Worker processes: the tools are built once per process by the pool initializer.
 _worker: tuple[PrepareConfig, Tools, Path] | None = None
@@ -66,8 +66,7 @@ def pool_result(future: Any, job: VideoJob) -> VideoResult:
 def run_in_pool(jobs: list[VideoJob], config: PrepareConfig, out: Path) -> Iterator[VideoResult]:
     """Results in completion order, at most two videos per worker in flight; a pool
     whose worker died fails the videos in flight and is replaced."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // config.num_workers)
+    threads = max(1, available_cpus() // config.num_workers)
     queue = deque(jobs)
     while queue:
         with ProcessPoolExecutor(
