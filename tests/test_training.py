@@ -566,3 +566,19 @@ def test_training_runs_without_a_logger(tmp_path, synthetic_shards):
     assert "train/loss" in metrics and "val/psnr" in metrics
     assert (tmp_path / "checkpoints" / "video_vae.ckpt").is_file()
     assert not (tmp_path / "logs" / "tensorboard").exists()
+
+
+def test_bf16_mixed_precision_trains_with_the_fused_optimizer_config(tmp_path, synthetic_shards):
+    """``trainer.precision=bf16-mixed`` (every GPU trainer config) with gradient clipping
+    and ``fused: true``: Lightning refuses to clip for a fused optimizer, so the fused
+    kernel is switched off there instead of stopping the run at its first step."""
+    cfg = compose_train(
+        ["experiment=video_vae", "logger=none", "trainer.precision=bf16-mixed", *SHORT],
+        tmp_path,
+        synthetic_shards,
+    )
+    assert cfg.model.optimizer.fused and cfg.trainer.gradient_clip_val > 0
+    metrics = train(cfg)
+    assert metrics["train/loss"] == pytest.approx(metrics["train/loss"])  # finite, not NaN
+    exported = torch.load(tmp_path / "checkpoints" / "video_vae.ckpt", weights_only=False)
+    assert exported["global_step"] == 2

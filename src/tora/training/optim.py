@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import hydra
 import lightning as L
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 
 def build_optimizers(
@@ -17,11 +21,27 @@ def build_optimizers(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__}: no trainable parameters to optimise")
-    opt = hydra.utils.instantiate(optimizer)(params=params)
+    overrides = {}
+    if optimizer.get("fused") and not fused_step_allowed(module):
+        log.info(
+            "optimizer: fused off (mixed precision with gradient clipping, which Lightning "
+            "refuses for a fused optimizer); the per-tensor step computes the same update"
+        )
+        overrides["fused"] = False
+    opt = hydra.utils.instantiate(optimizer)(params=params, **overrides)
     if not scheduler:
         return {"optimizer": opt}
     sched = hydra.utils.instantiate(scheduler)(optimizer=opt)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fused_step_allowed(module: L.LightningModule) -> bool:
+    """Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that
+    unscales gradients itself, as a fused one does, even in bf16 where no scaler runs."""
+    trainer = module._trainer  # None when the optimizer is built outside a fit
+    return trainer is None or not (
+        isinstance(trainer.precision_plugin, MixedPrecision) and trainer.gradient_clip_val
+    )
 
 
 class LinearWarmup:
