@@ -12,6 +12,7 @@ INSTALLED := $(VENV)/.installed
 #: WORLD=64|128  the tiny world's size; 128: own shards, checkpoints_128/, outputs/world_128/
 #: ARGS="..."  extra Hydra overrides for the target's command, e.g. ARGS="trainer.max_steps=50"
 #: EVAL_ARGS="..."  overrides for the evaluation ending each ablate-* sweep, e.g. "num_samples=16"
+#: VAES="<a.ckpt> <b.ckpt>"  eval-vae: the video VAE checkpoints to compare (default: the chain's)
 #: SRC=<folder>  prepare-data: the videos to prepare (searched recursively)
 #: SHARDS=<folder>  prepare-data: where its shards go (default: data/prepared, from its config)
 #: CKPT_IN=<path>  convert*: a DeepSpeed checkpoint directory or a .ckpt
@@ -134,6 +135,16 @@ demo: $(CKPT_DIR)/stage2_traj.ckpt ## Serve the trajectory-drawing page for the 
 eval: $(CKPT_DIR)/stage2_traj.ckpt ## Evaluate the stage-2 checkpoint on held-out clips vs the no-control baseline (outputs/eval)
 	$(PY) -m tora.evaluate ckpt=$(CKPT_DIR)/stage2_traj.ckpt out_dir=$(OUTPUT_DIR)/eval $(WORLD_EVAL) $(ARGS)
 
+# A VAE training is a noisy draw (docs/findings.md): judge a VAE setting by several seeds,
+# e.g. make eval-vae VAES="a/video_vae.ckpt b/video_vae.ckpt c/video_vae.ckpt".
+VAES ?= $(CKPT_DIR)/video_vae.ckpt
+COMMA := ,
+EMPTY :=
+SPACE := $(EMPTY) $(EMPTY)
+eval-vae: $(VAES) ## Floors of video VAEs on the held-out clips: PSNR, object PSNR, TrajError; mean and spread (outputs/eval_vae)
+	$(PY) -m tora.evaluate_vae 'vae_ckpts=[$(subst $(SPACE),$(COMMA),$(strip $(VAES)))]' \
+		out_dir=$(OUTPUT_DIR)/eval_vae $(WORLD_EVAL) $(ARGS)
+
 # Ablation sweeps (Hydra multirun): the runs of one sweep sit side by side under
 # logs/ablate_<name>/multiruns/<time>/<n>/, each with its .hydra/overrides.yaml; the
 # newest sweep folder is then evaluated and tabulated by tora.report.
@@ -200,5 +211,5 @@ clean: ## Remove logs, checkpoints, data and caches (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install data stage1-prereqs train-video-vae train-base train-motion-vae train-stage1 train-stage2 \
-	sample demo eval ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
+	sample demo eval eval-vae ablate-fusion ablate-compression ablate-training convert convert-tora-modules bench \
 	prepare-data tensorboard test test-all lint format clean

@@ -9,10 +9,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import compose_config
 
-from tora.evaluate import evaluate, make_tracker
+from tora.evaluate import evaluate, make_tracker, object_psnr
+from tora.evaluate_vae import evaluate_vaes
 from tora.report import report
 
 
@@ -74,6 +76,64 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     assert cv2.imread(str(strips[0])).shape == (4 * 64, 6 * 64, 3)
     assert "ground truth, the clip through the model's VAE" in report_md
     assert list((tmp_path / "logs" / "tensorboard" / "evaluate").glob("events.out.tfevents.*"))
+    # The VAE row: whole frames and the objects (the shapes a model has to draw).
+    assert 10 < metrics["vae_object_psnr"] < metrics["vae_psnr"] + 20
+    assert "around the objects" in report_md
+
+
+def test_object_psnr_counts_only_the_squares_around_the_track_points():
+    video = np.zeros((3, 64, 64, 3), dtype=np.uint8)
+    tracks = torch.tensor([[[20.0, 30.0], [22.0, 30.0], [24.0, 30.0]]])  # (x, y) per frame
+    clip = {"video": video, "tracks": tracks}
+    outside = video.copy()
+    outside[:, :, 40:] = 255  # far from every point: not the object
+    assert object_psnr([clip], [outside], box=0.25) > 140  # no error counted (MSE floor 1e-10)
+    inside = video.copy()
+    inside[1, 26:34, 18:26] = 51  # an 8 x 8 patch of the square around frame 1's point
+    # The squares: pixels less than 16 / 2 px from the point on each axis, 15 x 15 a frame.
+    expected_mse = 51.0**2 * 64 * 3 / (3 * 15 * 15 * 3)
+    assert object_psnr([clip], [inside], box=0.25) == pytest.approx(
+        10 * np.log10(255.0**2 / expected_mse)
+    )
+
+
+def test_evaluate_vae_reports_each_vae_and_their_spread(tmp_path, chain, synthetic_shards):
+    out = tmp_path / "eval_vae"
+    same = tmp_path / "copy.ckpt"
+    shutil.copy(chain / "video_vae.ckpt", same)
+    overrides = [
+        f"vae_ckpts=[{chain}/video_vae.ckpt,{same}]",
+        f"out_dir={out}",
+        *common(tmp_path, synthetic_shards),
+    ]
+    metrics = evaluate_vaes(compose_config("evaluate_vae", overrides))
+    rows = list(metrics["vaes"].values())
+    assert rows[0] == rows[1]  # the same weights, the same floors
+    assert set(rows[0]["trackers"]) == {"lucas_kanade", "mask_centroid"}
+    assert metrics["summary"]["PSNR dB"] == {"mean": rows[0]["psnr"], "std": 0.0}
+    # The floors are those the evaluation of a model generating through this VAE reports.
+    evaluated = evaluate(
+        compose_config(
+            "evaluate",
+            [
+                f"ckpt={chain}/stage2_traj.ckpt",
+                f"out_dir={tmp_path}/eval",
+                *common(tmp_path, synthetic_shards),
+            ],
+        )
+    )
+    assert rows[0]["psnr"] == pytest.approx(evaluated["vae_psnr"], abs=1e-4)
+    assert rows[0]["trackers"] == pytest.approx(evaluated["tracker_floors_vae"], abs=1e-4)
+    report_md = (out / "report.md").read_text()
+    assert "| mean ± sd |" in report_md and str(same) in report_md
+    # Ground truth and one row per VAE.
+    assert cv2.imread(str(out / "frames" / "000.png")).shape == (3 * 64, 6 * 64, 3)
+
+
+def test_evaluate_vae_refuses_a_checkpoint_without_a_vae_config(tmp_path, chain, synthetic_shards):
+    overrides = [f"vae_ckpts=[{chain}/stage2_traj.ckpt]", *common(tmp_path, synthetic_shards)]
+    with pytest.raises(ValueError, match=r"stage2_traj.ckpt stores no VAE config"):
+        evaluate_vaes(compose_config("evaluate_vae", overrides))
 
 
 def test_report_tabulates_a_sweep(tmp_path, chain, synthetic_shards):

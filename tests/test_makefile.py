@@ -100,3 +100,15 @@ def test_side_by_side_off_trains_them_in_turn(project):
     assert second["start"] >= first["end"]
     assert {c["threads"] for c in calls.values()} == {"2"}
     assert {c["label"] for c in calls.values()} == {""}
+
+
+def test_eval_vae_passes_every_vae_as_one_list(project):
+    for name in ("seed1", "seed2"):
+        (project / name).mkdir()
+        (project / name / "video_vae.ckpt").touch()
+    dry = make(project, "-n", "eval-vae", "VAES=seed1/video_vae.ckpt  seed2/video_vae.ckpt")
+    assert "'vae_ckpts=[seed1/video_vae.ckpt,seed2/video_vae.ckpt]'" in dry.stdout
+    # By default the chain's own VAE, which make trains first when it is missing.
+    assert "'vae_ckpts=[checkpoints/video_vae.ckpt]'" in make(project, "-n", "eval-vae").stdout
+    (project / "checkpoints" / "video_vae.ckpt").unlink()
+    assert "experiment=video_vae" in make(project, "-n", "eval-vae").stdout
