@@ -61,6 +61,14 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
             "available": False,
             "reason": "no I3D TorchScript configured: set metrics.i3d_path",
         }
+    # Errors by the number of tracks a clip has (two objects: each bound to its track).
+    groups = saved["clips_by_num_tracks"]
+    assert sum(groups.values()) == 2 and set(groups) <= {"1", "2"}
+    for row in saved["variants"].values():
+        for result in row["by_tracker"].values():
+            assert set(result["by_num_tracks"]) == set(groups)
+            if len(groups) == 1:
+                assert result["by_num_tracks"].popitem()[1] == pytest.approx(result["trajerror"])
     # The exact tracker recovers the real clips' object tracks almost perfectly.
     assert metrics["tracker_floor_on_real_clips"] < 1.0
     assert np.isfinite(metrics["tracker_floors"]["lucas_kanade"])
@@ -70,6 +78,7 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     assert "| tora |" in report_md and "| no_control |" in report_md
     assert "TrajError `mask_centroid` (coverage) | TrajError `lucas_kanade` (coverage)" in report_md
     assert "FVD unavailable" in report_md
+    assert "By tracks per clip (`mask_centroid` / `lucas_kanade`):" in report_md
     strips = sorted((out / "frames").glob("*.png"))
     assert len(strips) == 2
     # Ground truth, the clip through the VAE, Tora, no control: 4 rows of 64 px, 6 frames.

@@ -146,6 +146,10 @@ def evaluate(cfg: DictConfig) -> dict:
         "num_clips": len(clips),
         "tracker": cfg.tracker,
         "steps": cfg.steps,
+        "clips_by_num_tracks": {
+            str(n): sum(len(c["tracks"]) == n for c in clips)
+            for n in sorted({len(c["tracks"]) for c in clips})
+        },
         "variants": {},
     }
     for name, videos in generated.items():
@@ -265,12 +269,21 @@ def trajectory_errors(cfg, tracker: str, clips, videos, reference) -> dict:
         for clip, video in zip(clips, videos, strict=True)
     ]
     per_track = np.concatenate([r.per_track for r in results])
+    # Clips by their number of tracks: two objects add the binding of each to its track.
+    groups: dict[str, list[np.ndarray]] = {}
+    for clip, result in zip(clips, results, strict=True):
+        groups.setdefault(str(len(clip["tracks"])), []).append(result.per_track)
     # A frame where no clip's object was found is NaN (counted in coverage), not a warning.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_frame = np.nanmean(np.stack([r.per_frame for r in results]), axis=0)
+        by_num_tracks = {
+            n: float(np.nanmean(np.concatenate(errors)))
+            for n, errors in sorted(groups.items(), key=lambda item: int(item[0]))
+        }
     return {
         "trajerror": float(np.nanmean(per_track)),
+        "by_num_tracks": by_num_tracks,
         "trajerror_per_frame": [round(float(v), 4) for v in per_frame],
         "trajerror_per_clip": [float(r.mean) for r in results],
         "coverage": float(np.mean([r.coverage for r in results])),
@@ -317,6 +330,20 @@ def write_report(cfg, out_dir: Path, clips, videos: dict, metrics) -> None:
         if isinstance(row[metric], dict)
     }
     lines += [f"\n{metric.upper()} unavailable: {reason}" for metric, reason in unavailable.items()]
+    lines += [
+        "",
+        "By tracks per clip (" + " / ".join(f"`{t}`" for t in metrics["tracker_floors"]) + "):",
+    ]
+    for name, row in metrics["variants"].items():
+        groups = next(iter(row["by_tracker"].values()))["by_num_tracks"]
+        lines.append(
+            f"- {name}: "
+            + "; ".join(
+                f"{n} track{'s' if n != '1' else ''} ({metrics['clips_by_num_tracks'][n]} clips) "
+                + " / ".join(f"{r['by_num_tracks'][n]:.2f}" for r in row["by_tracker"].values())
+                for n in groups
+            )
+        )
     lines += [
         "",
         f"The real clips through the model's VAE: PSNR {metrics['vae_psnr']:.2f} dB, "
