@@ -88,6 +88,10 @@ def test_evaluate_writes_metrics_report_and_baseline(tmp_path, chain, synthetic_
     # The VAE row: whole frames and the objects (the shapes a model has to draw).
     assert 10 < metrics["vae_object_psnr"] < metrics["vae_psnr"] + 20
     assert "around the objects" in report_md
+    # Named shapes on the one-object clips: a share, or NaN where the clips have none.
+    for value in (metrics["shape_accuracy_real"], metrics["vae_shape_accuracy"]):
+        assert np.isnan(value) or 0 <= value <= 1
+    assert "Named shape (one-object clips" in report_md
 
 
 def test_object_psnr_counts_only_the_squares_around_the_track_points():
@@ -117,7 +121,7 @@ def test_evaluate_vae_reports_each_vae_and_their_spread(tmp_path, chain, synthet
     ]
     metrics = evaluate_vaes(compose_config("evaluate_vae", overrides))
     rows = list(metrics["vaes"].values())
-    assert rows[0] == rows[1]  # the same weights, the same floors
+    assert json.dumps(rows[0]) == json.dumps(rows[1])  # the same weights, the same floors (NaN too)
     assert set(rows[0]["trackers"]) == {"lucas_kanade", "mask_centroid"}
     assert metrics["summary"]["PSNR dB"] == {"mean": rows[0]["psnr"], "std": 0.0}
     # The floors are those the evaluation of a model generating through this VAE reports.

@@ -23,6 +23,7 @@ from rich.progress import track
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
+from tora.data.synthetic import SHAPES
 from tora.inference import GenerationConfig, GenerationRequest
 from tora.metrics import (
     CoTrackerTracker,
@@ -33,6 +34,7 @@ from tora.metrics import (
     build_clipsim,
     build_fvd,
 )
+from tora.metrics.shapes import shape_accuracy
 from tora.models.video_vae import VideoVAE
 from tora.motion import draw_tracks
 from tora.sample import load_pipeline
@@ -160,6 +162,7 @@ def evaluate(cfg: DictConfig) -> dict:
         row = {
             **by_tracker[cfg.tracker],
             "by_tracker": by_tracker,
+            "shape_accuracy": shape_accuracy(clips, videos)["accuracy"],
             # Wall time of generation (sampling + VAE decode), batch_size clips at a time.
             "seconds_per_clip": round(seconds[name] / len(videos), 3),
         }
@@ -181,11 +184,13 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     metrics["tracker_floor_on_real_clips"] = floors[cfg.tracker]["trajerror"]
     metrics["tracker_floors"] = {t: floor["trajerror"] for t, floor in floors.items()}
+    metrics["shape_accuracy_real"] = shape_accuracy(clips, [c["video"] for c in clips])["accuracy"]
     # The real clips through the model's VAE: the floor any model generating through it meets.
     rebuilt = reconstructions(pipeline.components.vae, clips, cfg.batch_size, pipeline.device)
     vae_floor = vae_floors(cfg, clips, rebuilt, trackers, reference)
     metrics["vae_psnr"] = vae_floor["psnr"]
     metrics["vae_object_psnr"] = vae_floor["object_psnr"]
+    metrics["vae_shape_accuracy"] = vae_floor["shape_accuracy"]
     metrics["tracker_floors_vae"] = vae_floor["trackers"]
     if "no_control" in metrics["variants"]:
         metrics["control"] = control_summary(metrics, cfg.tracker)
@@ -216,6 +221,7 @@ def vae_floors(cfg, clips, rebuilt, trackers: list[str], reference) -> dict:
     return {
         "psnr": psnr(np.stack([c["video"] for c in clips]), np.stack(rebuilt)),
         "object_psnr": object_psnr(clips, rebuilt, cfg.object_box),
+        "shape_accuracy": shape_accuracy(clips, rebuilt)["accuracy"],
         "trackers": {
             tracker: trajectory_errors(cfg, tracker, clips, rebuilt, reference)["trajerror"]
             for tracker in trackers
@@ -332,6 +338,16 @@ def write_report(cfg, out_dir: Path, clips, videos: dict, metrics) -> None:
     lines += [f"\n{metric.upper()} unavailable: {reason}" for metric, reason in unavailable.items()]
     lines += [
         "",
+        "Named shape (one-object clips, 6 frames each: the object at the track point "
+        "matched to the world's shapes): "
+        + ", ".join(
+            f"{name} {row['shape_accuracy']:.0%}" for name, row in metrics["variants"].items()
+        )
+        + f"; real clips {metrics['shape_accuracy_real']:.0%}, their VAE reconstructions "
+        f"{metrics['vae_shape_accuracy']:.0%}; chance {1 / len(SHAPES):.0%}.",
+    ]
+    lines += [
+        "",
         "By tracks per clip (" + " / ".join(f"`{t}`" for t in metrics["tracker_floors"]) + "):",
     ]
     for name, row in metrics["variants"].items():
@@ -380,8 +396,10 @@ def log_tensorboard(cfg, clips, generated, metrics) -> None:
     writer = SummaryWriter(str(Path(cfg.paths.log_dir) / "tensorboard" / "evaluate"))
     writer.add_scalar("eval/vae_psnr", metrics["vae_psnr"], 0)
     writer.add_scalar("eval/vae_object_psnr", metrics["vae_object_psnr"], 0)
+    writer.add_scalar("eval/vae_shape_accuracy", metrics["vae_shape_accuracy"], 0)
     for name, row in metrics["variants"].items():
         writer.add_scalar(f"eval/{name}/trajerror", row["trajerror"], 0)
+        writer.add_scalar(f"eval/{name}/shape_accuracy", row["shape_accuracy"], 0)
         for tracker, result in row["by_tracker"].items():
             writer.add_scalar(f"eval/{name}/trajerror_{tracker}", result["trajerror"], 0)
         for metric in ("fvd", "clipsim"):

@@ -67,6 +67,7 @@ def columns(row: dict) -> dict[str, float]:
     return {
         "PSNR dB": row["psnr"],
         "object PSNR dB": row["object_psnr"],
+        "named shape %": 100 * row["shape_accuracy"],
         **{f"{tracker} px": value for tracker, value in row["trackers"].items()},
     }
 

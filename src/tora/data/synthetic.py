@@ -541,7 +541,7 @@ def _polygon_sdf(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarr
     return np.where(inside, -1.0, 1.0) * np.sqrt(squared)
 
 
-def _shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Signed distance in units of the circumradius, in the shape's own frame."""
     vertices = SHAPES[shape]
     if vertices is None:
@@ -573,7 +573,7 @@ def render_clip(spec: ClipSpec) -> SyntheticClip:
         sin = np.sin(obj.angles)[:, None, None]
         local_x = (cos * dx + sin * dy) / obj.size  # R(-angle) (p - c), in circumradii
         local_y = (cos * dy - sin * dx) / obj.size
-        distance = _shape_sdf(obj.shape, local_x, local_y) * obj.size
+        distance = shape_sdf(obj.shape, local_x, local_y) * obj.size
         alpha = (
             np.clip(0.5 - distance, 0.0, 1.0)
             if spec.antialias
