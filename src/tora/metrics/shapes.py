@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import re
 
-import cv2
 import numpy as np
 
 from tora.data.synthetic import SHAPES, shape_sdf
+from tora.metrics.trajectory import largest_blob
 
 ANGLES = np.deg2rad(np.arange(0.0, 360.0, 7.5))
 
@@ -44,10 +44,7 @@ class ShapeClassifier:
         top, left = max(round(y) - w, 0), max(round(x) - w, 0)
         patch = frame[top : min(round(y) + w + 1, height), left : min(round(x) + w + 1, width)]
         near = np.linalg.norm(patch.astype(np.float32) - color, axis=-1) < self.max_color_distance
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(near.astype(np.uint8), 8)
-        if count < 2:
-            return None
-        largest = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        largest = largest_blob(near)
         return largest if largest.sum() >= self.min_area else None
 
     def scores(self, mask: np.ndarray) -> dict[str, float]:
