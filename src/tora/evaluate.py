@@ -231,7 +231,11 @@ def vae_floors(cfg, clips, rebuilt, trackers: list[str], reference) -> dict:
 
 def psnr(real: np.ndarray, videos: np.ndarray) -> float:
     """PSNR in dB of uint8 videos against the real ones, over all pixels."""
-    mse = float(np.mean((real.astype(np.float64) - videos.astype(np.float64)) ** 2))
+    return psnr_of_mse(float(np.mean((real.astype(np.float64) - videos.astype(np.float64)) ** 2)))
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error of uint8 pixels (floored at 1e-10)."""
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
@@ -253,7 +257,7 @@ def object_psnr(clips: list[dict], videos: list[np.ndarray], box: float) -> floa
         difference = clip["video"][mask].astype(np.float64) - video[mask].astype(np.float64)
         squared_error += float(np.sum(difference**2))
         count += difference.size
-    return float(10 * np.log10(255.0**2 / max(squared_error / max(count, 1), 1e-10)))
+    return psnr_of_mse(squared_error / max(count, 1))
 
 
 def control_summary(metrics: dict, tracker: str) -> dict:

@@ -4,16 +4,18 @@ own shapes (:func:`tora.data.synthetic.shape_sdf`) at its area, over rotations."
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
 
 from tora.data.synthetic import SHAPES, shape_sdf
-from tora.metrics.trajectory import largest_blob
+from tora.metrics.trajectory import color_mask, largest_blob
 
 ANGLES = np.deg2rad(np.arange(0.0, 360.0, 7.5))
 
 
+@functools.cache  # the same for every classifier an evaluation builds
 def unit_areas(resolution: int = 201) -> dict[str, float]:
     """Each shape's area at circumradius 1, from its signed distance on a grid."""
     y, x = np.meshgrid(np.linspace(-1, 1, resolution), np.linspace(-1, 1, resolution))
@@ -43,8 +45,7 @@ class ShapeClassifier:
         w = self.window
         top, left = max(round(y) - w, 0), max(round(x) - w, 0)
         patch = frame[top : min(round(y) + w + 1, height), left : min(round(x) + w + 1, width)]
-        near = np.linalg.norm(patch.astype(np.float32) - color, axis=-1) < self.max_color_distance
-        largest = largest_blob(near)
+        largest = largest_blob(color_mask(patch, color, self.max_color_distance))
         return largest if largest.sum() >= self.min_area else None
 
     def scores(self, mask: np.ndarray) -> dict[str, float]:

@@ -228,7 +228,7 @@ class MaskCentroidTracker(Tracker):
         frames = video.astype(np.float32)
         tracks = np.full((len(self.colors), num_frames, 2), np.nan)
         for index, color in enumerate(self.colors):
-            inside = np.linalg.norm(frames - color, axis=-1) <= self.max_color_distance
+            inside = color_mask(frames, color, self.max_color_distance)
             if self.largest_component:
                 inside = np.stack([largest_blob(mask) for mask in inside])
             counts = inside.sum(axis=(1, 2))
@@ -236,6 +236,12 @@ class MaskCentroidTracker(Tracker):
             tracks[index, present, 0] = (inside * xs).sum(axis=(1, 2))[present] / counts[present]
             tracks[index, present, 1] = (inside * ys).sum(axis=(1, 2))[present] / counts[present]
         return tracks, np.isfinite(tracks[..., 0])
+
+
+def color_mask(frames: np.ndarray, color: np.ndarray, max_distance: float) -> np.ndarray:
+    """Pixels of ``[..., 3]`` RGB ``frames`` within ``max_distance`` (Euclidean, 0-255) of
+    ``color``: a synthetic object's pixels."""
+    return np.linalg.norm(np.asarray(frames, dtype=np.float32) - color, axis=-1) <= max_distance
 
 
 def largest_blob(mask: np.ndarray) -> np.ndarray:
