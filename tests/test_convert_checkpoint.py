@@ -56,10 +56,12 @@ engine.save_checkpoint(sys.argv[2], client_state={"hyper_parameters": dict(modul
 
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(base, trained): a stage-1 module and a copy whose motion guidance and temporal
-    blocks moved away from it (the fusers start at zero, where they do nothing)."""
+    """(base, trained): a stage-1 module with the paper's trainable set and a copy whose
+    motion guidance and temporal blocks moved away from it (the fusers start at zero,
+    where they do nothing)."""
+    paper_set = ["model.trainable=temporal", "model.train_text_encoder=false"]
     cfg = compose_train(
-        ["experiment=stage1_flow", *NO_PREREQUISITES], tmp_path_factory.mktemp("run")
+        ["experiment=stage1_flow", *paper_set, *NO_PREREQUISITES], tmp_path_factory.mktemp("run")
     )
     base = instantiate_module(cfg.model).eval()
     trained = copy.deepcopy(base)

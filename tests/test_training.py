@@ -65,25 +65,44 @@ def test_chain_logs_to_tensorboard(chain):
 
 
 @pytest.mark.parametrize(
-    ("experiment", "trainable", "expected"),
+    ("experiment", "overrides", "expected"),
     [
         (
             "base_t2v",
-            "full",
+            [],
             {"model.backbone.spatial_blocks", "model.backbone.temporal_blocks", "text_encoder"},
         ),
-        ("stage1_flow", "temporal", {"model.backbone.temporal_blocks", "model.motion_guidance"}),
-        ("stage1_flow", "tora_modules", {"model.motion_guidance"}),
+        # The tiny world's stages train everything (its base is a short stand-in).
+        (
+            "stage1_flow",
+            [],
+            {
+                "model.backbone.spatial_blocks",
+                "model.backbone.temporal_blocks",
+                "model.motion_guidance",
+                "text_encoder",
+            },
+        ),
+        # The paper's set, and the release's.
+        (
+            "stage1_flow",
+            ["model.trainable=temporal", "model.train_text_encoder=false"],
+            {"model.backbone.temporal_blocks", "model.motion_guidance"},
+        ),
+        (
+            "stage1_flow",
+            ["model.trainable=tora_modules", "model.train_text_encoder=false"],
+            {"model.motion_guidance"},
+        ),
     ],
 )
-def test_trainable_sets(tmp_path, experiment, trainable, expected):
-    module = build_module(
-        [f"experiment={experiment}", f"model.trainable={trainable}", *NO_PREREQUISITES], tmp_path
-    )
+def test_trainable_sets(tmp_path, experiment, overrides, expected):
+    module = build_module([f"experiment={experiment}", *overrides, *NO_PREREQUISITES], tmp_path)
     trainable_names = {n for n, p in module.named_parameters() if p.requires_grad}
     for prefix in expected:
         assert any(n.startswith(prefix) for n in trainable_names), prefix
-    allowed = tuple(expected) + ("model.backbone.",) * (trainable == "full")
+    full = module.hparams["trainable"] == "full"
+    allowed = tuple(expected) + ("model.backbone.",) * full
     assert all(n.startswith(allowed) for n in trainable_names)
     assert not any(n.startswith(("vae.", "motion_encoder.")) for n in trainable_names)
     assert not any(n.endswith("rope.freqs") for n in trainable_names)
