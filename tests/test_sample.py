@@ -4,6 +4,7 @@ checkpoint formats it loads, image-to-video and the errors it gives."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import SHORT, compose_config, compose_train
 from omegaconf import OmegaConf
 
 from tora.checkpoints import convert_checkpoint
 from tora.data.schema import decode_video
 from tora.inference import GenerationConfig, GenerationRequest, ToraPipeline
 from tora.motion import load_tracks
+from tora.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TRACKS = [REPO / "examples/tracks/left_to_right.txt", REPO / "examples/tracks/arc.txt"]
@@ -101,7 +103,7 @@ def test_tracks_outside_the_frame_are_rejected(chain):
         )
 
 
-def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain):
+def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain, synthetic_shards):
     tracks = load_tracks([str(t) for t in TRACKS], 64, 64, 17)
     request = [GenerationRequest("a red circle moves right", tracks)]
     kwargs = dict(num_frames=17, height=64, width=64, config=GenerationConfig(steps=2, seed=3))
@@ -112,9 +114,27 @@ def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain
     convert_checkpoint(chain / "stage2_traj.ckpt", full)
     assert np.array_equal(ToraPipeline.from_checkpoint(full).generate(request, **kwargs), reference)
 
+    # The small file reproduces a stage 2 on the paper's trainable set over its stage 1
+    # (the tiny world's default stages train everything, which no such file can carry).
+    paper_dir = tmp_path / "paper_set"
+    paper_dir.mkdir()
+    for name in ("video_vae", "motion_vae", "stage1_flow"):
+        shutil.copy(chain / f"{name}.ckpt", paper_dir)
+    paper_set = ["model.trainable=temporal", "model.train_text_encoder=false"]
+    train(
+        compose_train(
+            ["experiment=stage2_traj", *paper_set, *SHORT],
+            tmp_path / "run",
+            synthetic_shards,
+            paper_dir,
+        )
+    )
+    paper = paper_dir / "stage2_traj.ckpt"
+    reference = ToraPipeline.from_checkpoint(paper).generate(request, **kwargs)
     small = tmp_path / "tora_modules.safetensors"
-    convert_checkpoint(chain / "stage2_traj.ckpt", small, tora_modules_only=True)
-    over_stage1 = ToraPipeline.from_checkpoint(small, base_ckpt=chain / "stage1_flow.ckpt")
+    summary = convert_checkpoint(paper, small, tora_modules_only=True)
+    assert summary["warnings"] == []
+    over_stage1 = ToraPipeline.from_checkpoint(small, base_ckpt=paper_dir / "stage1_flow.ckpt")
     assert np.array_equal(over_stage1.generate(request, **kwargs), reference)
     without = ToraPipeline.from_checkpoint(chain / "stage1_flow.ckpt").generate(request, **kwargs)
     assert not np.array_equal(without, reference)
