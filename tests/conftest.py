@@ -23,6 +23,8 @@ SHORT = [
     "trainer.log_every_n_steps=1",
 ]
 STAGES = ["video_vae", "base_t2v", "motion_vae", "stage1_flow", "stage2_traj"]
+# The paper's trainable set for stages 1 and 2 (the tiny world's stages train everything).
+PAPER_SET = ["model.trainable=temporal", "model.train_text_encoder=false"]
 
 # One compute thread, here and in the subprocesses tests start: the models are tiny, and on
 # a small shared CPU OpenMP threads spin-waiting for busy cores slow every step many times.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import PAPER_SET, compose_train
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -59,9 +59,8 @@ def modules(tmp_path_factory) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(base, trained): a stage-1 module with the paper's trainable set and a copy whose
     motion guidance and temporal blocks moved away from it (the fusers start at zero,
     where they do nothing)."""
-    paper_set = ["model.trainable=temporal", "model.train_text_encoder=false"]
     cfg = compose_train(
-        ["experiment=stage1_flow", *paper_set, *NO_PREREQUISITES], tmp_path_factory.mktemp("run")
+        ["experiment=stage1_flow", *PAPER_SET, *NO_PREREQUISITES], tmp_path_factory.mktemp("run")
     )
     base = instantiate_module(cfg.model).eval()
     trained = copy.deepcopy(base)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHORT, compose_config, compose_train
+from conftest import PAPER_SET, SHORT, compose_config, compose_train
 from omegaconf import OmegaConf
 
 from tora.checkpoints import convert_checkpoint
@@ -120,10 +120,9 @@ def test_converted_and_tora_module_files_generate_the_same_video(tmp_path, chain
     paper_dir.mkdir()
     for name in ("video_vae", "motion_vae", "stage1_flow"):
         shutil.copy(chain / f"{name}.ckpt", paper_dir)
-    paper_set = ["model.trainable=temporal", "model.train_text_encoder=false"]
     train(
         compose_train(
-            ["experiment=stage2_traj", *paper_set, *SHORT],
+            ["experiment=stage2_traj", *PAPER_SET, *SHORT],
             tmp_path / "run",
             synthetic_shards,
             paper_dir,

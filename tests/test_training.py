@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from conftest import SHORT, compose_train
+from conftest import PAPER_SET, SHORT, compose_train
 from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -90,7 +90,7 @@ def test_chain_logs_to_tensorboard(chain):
         # The paper's set, and the release's.
         (
             "stage1_flow",
-            ["model.trainable=temporal", "model.train_text_encoder=false"],
+            PAPER_SET,
             {"model.backbone.temporal_blocks", "model.motion_guidance"},
         ),
         (

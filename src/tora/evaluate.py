@@ -355,13 +355,12 @@ def write_report(cfg, out_dir: Path, clips, videos: dict, metrics) -> None:
         "By tracks per clip (" + " / ".join(f"`{t}`" for t in metrics["tracker_floors"]) + "):",
     ]
     for name, row in metrics["variants"].items():
-        groups = next(iter(row["by_tracker"].values()))["by_num_tracks"]
         lines.append(
             f"- {name}: "
             + "; ".join(
                 f"{n} track{'s' if n != '1' else ''} ({metrics['clips_by_num_tracks'][n]} clips) "
                 + " / ".join(f"{r['by_num_tracks'][n]:.2f}" for r in row["by_tracker"].values())
-                for n in groups
+                for n in metrics["clips_by_num_tracks"]
             )
         )
     lines += [
